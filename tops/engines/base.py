@@ -1,0 +1,44 @@
+"""The one protocol every generation backend implements.
+
+"Generate n completions for these chats", where a chat may end in a partial assistant message
+that the model must continue (step-wise depth controls resubmit such prefixes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    n_tokens: int  # counted with the generating model's tokenizer
+    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    stop_reason: str | None = None  # the stop string that ended it, when one did
+
+
+@dataclass(frozen=True)
+class Request:
+    messages: list[Message]
+    # Text the assistant has already written; the completion continues it.
+    prefix: str = ""
+    meta: dict = field(default_factory=dict, compare=False)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str
+
+    def generate(self, requests: list[Request], n: int, sampling) -> list[list[Completion]]:
+        """n completions per request, in request order."""
+        ...
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Token counts of plain texts with this model's tokenizer."""
+        ...
+
+    def close(self) -> None:
+        ...
