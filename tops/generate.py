@@ -1,0 +1,116 @@
+"""Multi-depth sampling: problems x efforts x n samples -> samples artifact.
+
+Work is cut into shards of (problem, effort) prompts; each shard is one batched engine call
+and one atomic Parquet file named by the fingerprint of its work, so a killed run started
+again redoes only the unfinished shard and never duplicates a row.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from tops.artifacts import ShardedOutput, fingerprint
+from tops.config import GenerateConfig
+from tops.engines import Engine, Request
+from tops.errors import UserError
+
+
+def build_requests(problems: pd.DataFrame, efforts: list[str], prompts: dict[str, str]) -> list[Request]:
+    """One chat per (problem, effort), problem-major: system = effort prompt, user = question."""
+    unknown = [e for e in efforts if e not in prompts]
+    if unknown:
+        raise UserError(f"unknown effort '{unknown[0]}' (known: {', '.join(sorted(prompts))})")
+    return [
+        Request(
+            messages=[{"role": "system", "content": prompts[effort]}, {"role": "user", "content": question}],
+            meta={"row": i, "effort": effort},
+        )
+        for i, question in enumerate(problems["question"].tolist())
+        for effort in efforts
+    ]
+
+
+def _shard_rows(problems: pd.DataFrame, requests: list[Request], completions, model_name: str) -> pd.DataFrame:
+    rows = []
+    records = problems.to_dict("records")
+    for request, samples in zip(requests, completions, strict=True):
+        base = records[request.meta["row"]]
+        for idx, completion in enumerate(samples):
+            rows.append({
+                **base,
+                "effort": request.meta["effort"],
+                "sample_idx": idx,
+                "response": completion.text,
+                "n_tokens": completion.n_tokens,
+                "finish_reason": completion.finish_reason,
+                "model": model_name,
+            })
+    return pd.DataFrame(rows)
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]generate"), BarColumn(), MofNCompleteColumn(), TextColumn("prompts"),
+        TextColumn("{task.fields[tok_s]:>7.1f} tok/s"), TimeElapsedColumn(), disable=not enabled,
+    )
+
+
+def generate_samples(
+    problems: pd.DataFrame,
+    engine: Engine,
+    cfg: GenerateConfig,
+    prompts: dict[str, str],
+    out: str | Path,
+    model_name: str,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, dict]:
+    """Sample every problem at every configured effort; resumable through shards in `out`."""
+    if problems.empty:
+        raise UserError("no problems to generate for (empty input)")
+    if problems["problem_id"].duplicated().any():
+        dup = problems.loc[problems["problem_id"].duplicated(), "problem_id"].iloc[0]
+        raise UserError(f"problem_id '{dup}' appears more than once in the input")
+    requests = build_requests(problems, cfg.efforts, prompts)
+    settings = {"model": model_name, "n": cfg.n_samples, "sampling": cfg.sampling.model_dump(),
+                "prompts": {e: prompts[e] for e in cfg.efforts}}
+    shards = [requests[i:i + cfg.shard_size] for i in range(0, len(requests), cfg.shard_size)]
+    plan = []
+    for index, shard in enumerate(shards):
+        ids = problems["problem_id"].iloc[[r.meta["row"] for r in shard]].tolist()
+        plan.append((index, fingerprint([settings, ids, [r.meta["effort"] for r in shard]])))
+
+    output = ShardedOutput(out, "samples")
+    started = time.perf_counter()
+    generated_tokens = 0
+    resumed = sum(output.is_done(i, k) for i, k in plan)
+    with _progress(progress) as bar:
+        task = bar.add_task("generate", total=len(requests), tok_s=0.0)
+        for (index, key), shard in zip(plan, shards, strict=True):
+            if output.is_done(index, key):
+                bar.advance(task, len(shard))
+                continue
+            completions = engine.generate(shard, cfg.n_samples, cfg.sampling)
+            frame = _shard_rows(problems, shard, completions, model_name)
+            output.write(index, key, frame)
+            generated_tokens += int(frame["n_tokens"].sum())
+            elapsed = time.perf_counter() - started
+            bar.update(task, advance=len(shard), tok_s=generated_tokens / max(elapsed, 1e-9))
+    samples = output.finalize(plan)
+    elapsed = time.perf_counter() - started
+    summary = {
+        "problems": int(len(problems)),
+        "rows": int(len(samples)),
+        "efforts": list(cfg.efforts),
+        "n_samples": cfg.n_samples,
+        "shards": len(plan),
+        "shards_resumed": int(resumed),
+        "generated_tokens": generated_tokens,
+        "tokens_per_s": round(generated_tokens / max(elapsed, 1e-9), 1),
+        "truncated": int((samples["finish_reason"] == "length").sum()),
+        "mean_tokens_by_effort": samples.groupby("effort")["n_tokens"].mean().round(1).to_dict(),
+    }
+    return samples, summary

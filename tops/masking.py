@@ -1,0 +1,468 @@
+"""Erroneous-step masking: keep long correct responses, but not the wrong steps inside them.
+
+A long chain of thought often states a wrong intermediate answer and fixes it later ("... = 41.
+Wait, that is wrong: ... = 42"). Training on all of it teaches the wrong steps too; the paper
+masks the loss on them instead (and masking beats dropping such responses).
+
+A response is cut into *steps* (lines or paragraphs) and into *reasoning rounds*: a round ends
+where the response states an answer (`MaskConfig.answer_patterns`, or a weak pattern such as
+"= 41" when a reflection cue like "Wait" follows). The last round carries the verified answer
+and is never masked. A round is erroneous when its answer differs from the gold one
+(judge-free mode) or when a judge model names one of its steps as the first incorrect one
+(judge mode). The reflection clause that opens a round ("Wait, that is wrong:") is kept: it is
+exactly what the model should learn.
+
+Masks are character spans, so they do not depend on a tokenizer; `token_loss_mask` turns them
+into per-token flags with a tokenizer's offset mapping at training time.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+
+from tops.config import MaskConfig
+from tops.engines.base import Engine, Request
+from tops.errors import UserError
+
+_STEP_SEPARATORS = {
+    # A separator and the whitespace after it belong to the step before it, so steps tile the
+    # response exactly and an answer cut after trailing whitespace lands on the same position.
+    "line": r"\n\s*",
+    "paragraph": r"\n[^\S\n]*\n\s*",
+}
+# What may follow an answer before its round really ends: closing delimiters, punctuation,
+# whitespace ("\boxed{41}$.  Wait" cuts right before "Wait").
+_ANSWER_TAIL = re.compile(r"[$)\]]*[.,;:!?]*\s*")
+_SPACE = re.compile(r"\s*")
+
+
+# ---------------------------------------------------------------- segmentation
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """Steps of one response, the round each belongs to, and each round's stated answer."""
+
+    bounds: list[tuple[int, int]]  # [start, end) of each step; they tile the text
+    round_of: list[int]  # round index of each step
+    reflection: list[bool]  # the step is the reflection clause opening its round
+    round_answers: list[str | None]  # one per round; the last one is the final round's
+
+    @property
+    def n_rounds(self) -> int:
+        return len(self.round_answers)
+
+
+@dataclass(frozen=True)
+class _Matchers:
+    separator: re.Pattern
+    answers: tuple[re.Pattern, ...]
+    weak_answers: tuple[re.Pattern, ...]
+    reflection: re.Pattern
+
+
+@lru_cache(maxsize=16)
+def _compile(step_split: str, answers: tuple[str, ...], weak: tuple[str, ...],
+             reflection: str) -> _Matchers:
+    return _Matchers(
+        separator=re.compile(_STEP_SEPARATORS[step_split]),
+        answers=tuple(re.compile(p) for p in answers),
+        weak_answers=tuple(re.compile(p) for p in weak),
+        reflection=re.compile(reflection),
+    )
+
+
+def _matchers(cfg: MaskConfig) -> _Matchers:
+    return _compile(cfg.step_split, tuple(cfg.answer_patterns), tuple(cfg.weak_answer_patterns),
+                    cfg.reflection_pattern)
+
+
+def _answer_events(text: str, m: _Matchers) -> list[tuple[int, int, str]]:
+    """(start, end, answer) of every answer statement, overlapping statements merged."""
+    events = [(hit.start(), hit.end(), hit.group("answer"))
+              for pattern in m.answers for hit in pattern.finditer(text)]
+    for pattern in m.weak_answers:
+        for hit in pattern.finditer(text):
+            after = _ANSWER_TAIL.match(text, hit.end()).end()
+            if after < len(text) and m.reflection.match(text, after):
+                events.append((hit.start(), hit.end(), hit.group("answer")))
+    if len(events) < 2:
+        return events
+    events.sort()
+    merged = [events[0]]
+    for start, end, answer in events[1:]:
+        last_start, last_end, last_answer = merged[-1]
+        if start < last_end:  # "the answer is \boxed{41}": one statement, the first reading
+            merged[-1] = (last_start, max(last_end, end), last_answer)
+        else:
+            merged.append((start, end, answer))
+    return merged
+
+
+def segment(text: str, cfg: MaskConfig) -> Segmentation:
+    """Cut a response into steps and rounds (no judgement yet)."""
+    return _segment(text, _matchers(cfg))
+
+
+def _segment(text: str, m: _Matchers) -> Segmentation:
+    size = len(text)
+    cuts = {hit.end() for hit in m.separator.finditer(text)}
+    events = _answer_events(text, m)
+    answer_cuts = [_ANSWER_TAIL.match(text, end).end() for _, end, _ in events]
+    # The round of the last answer absorbs whatever trails it: it is the final round.
+    last_cut = max(answer_cuts, default=0)
+    round_starts = [0, *sorted({c for c in answer_cuts if 0 < c < last_cut})]
+    reflection_starts = set()
+    for start in round_starts[1:]:
+        cue = m.reflection.match(text, start)
+        if cue and cue.end() > start:
+            reflection_starts.add(start)
+            cuts.add(_SPACE.match(text, cue.end()).end())
+    cuts.update(round_starts)
+    edges = [0, *sorted(c for c in cuts if 0 < c < size), size]
+    bounds = [(edges[i], edges[i + 1]) for i in range(len(edges) - 1)] if size else []
+    if len(round_starts) == 1:
+        round_of = [0] * len(bounds)
+    else:
+        round_of = [bisect.bisect_right(round_starts, start) - 1 for start, _ in bounds]
+    reflection = [start in reflection_starts for start, _ in bounds]
+    if len(events) == len(round_starts):
+        round_answers: list[str | None] = [answer for _, _, answer in events]
+    else:  # no answer at all, or statements whose cuts coincide
+        round_answers = [None] * len(round_starts)
+        for (_, _, answer), cut in zip(events, answer_cuts, strict=True):
+            round_answers[bisect.bisect_left(round_starts, cut) - 1] = answer
+    return Segmentation(bounds, round_of, reflection, round_answers)
+
+
+# ---------------------------------------------------------------- answer comparison
+
+_BOXED = re.compile(r"\\boxed\s*\{((?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*)\}")
+_TEXT_WRAPPERS = re.compile(r"\\(?:text|textbf|mathrm|mathbf|operatorname)\s*\{([^{}]*)\}")
+_LATEX_NOISE = re.compile(r"\\left|\\right|\\displaystyle|\\[,;:! ]|\^\s*\{?\\circ\}?|\\%|%|\$")
+_ASSIGNMENT = re.compile(r"^[A-Za-z]\w{0,3}\s*=\s*")
+_THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_FRAC = re.compile(r"^(-?)\\[dt]?frac\{?(-?\d+)\}?\{?(\d+)\}?$")
+_SLASH = re.compile(r"^(-?\d+)/(\d+)$")
+_BRACES_SPACE = re.compile(r"[{}\s]")
+
+
+@lru_cache(maxsize=1 << 16)
+def answer_key(raw: str) -> tuple[float | None, str]:
+    """(numeric value or None, normalised string) of an answer, for cheap comparison."""
+    text = raw.strip()
+    boxed = _BOXED.findall(text)
+    if boxed:
+        text = boxed[-1]
+    text = _TEXT_WRAPPERS.sub(r"\1", text)
+    text = _LATEX_NOISE.sub("", text).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    text = text.strip().rstrip(".,;:").strip()
+    text = _ASSIGNMENT.sub("", text)
+    compact = _BRACES_SPACE.sub("", text).lower()
+    return _as_number(compact), compact
+
+
+def _as_number(text: str) -> float | None:
+    if _THOUSANDS.match(text):
+        text = text.replace(",", "")
+    try:
+        value = float(text)
+        return value if math.isfinite(value) else None
+    except ValueError:
+        pass
+    for pattern in (_FRAC, _SLASH):
+        hit = pattern.match(text)
+        if hit:
+            groups = hit.groups()
+            sign = -1 if len(groups) == 3 and groups[0] == "-" else 1
+            numerator, denominator = int(groups[-2]), int(groups[-1])
+            if denominator:
+                return sign * float(Fraction(numerator, denominator))
+    return None
+
+
+def answers_differ(stated: str | None, gold: str) -> bool:
+    """True only when `stated` is confidently not the gold answer.
+
+    Numbers compare numerically (1,000 = 1000.0 = \\frac{2000}{2}); other answers compare as
+    normalised strings. A number against a non-number, or an empty answer, is "unknown" and
+    counts as not different: a false "wrong" would mask good reasoning.
+    """
+    if stated is None:
+        return False
+    stated_value, stated_text = answer_key(stated)
+    gold_value, gold_text = answer_key(gold)
+    if not stated_text:
+        return False
+    if stated_value is not None and gold_value is not None:
+        return abs(stated_value - gold_value) > 1e-6 * max(1.0, abs(gold_value))
+    if (stated_value is None) != (gold_value is None):
+        return False
+    return stated_text != gold_text
+
+
+# ---------------------------------------------------------------- judging
+
+
+def judge_free_flags(seg: Segmentation, gold: str) -> list[bool]:
+    """Steps of a non-final round whose answer differs from gold, reflection clauses excepted."""
+    final = seg.n_rounds - 1
+    wrong_rounds = {r for r in range(final) if answers_differ(seg.round_answers[r], gold)}
+    if not wrong_rounds:
+        return [False] * len(seg.bounds)
+    return [r in wrong_rounds and not refl for r, refl in zip(seg.round_of, seg.reflection,
+                                                               strict=True)]
+
+
+_THINK_BLOCK = re.compile(r"^.*</think>", re.S)
+_STEP_NUMBER = re.compile(r"\bsteps?\s*(?:#|no\.?|number)?\s*:?\s*(-?\d+)", re.I)
+_BARE_NUMBERS = re.compile(r"^[\s\[(]*-?\d+(?:\s*(?:,|;|and)\s*-?\d+)*[\s\])\.]*$", re.I)
+_NONE_REPLY = re.compile(
+    r"\b(?:none|no\s+(?:incorrect|erroneous|wrong)\s+steps?|all\s+(?:the\s+)?(?:steps\s+)?"
+    r"(?:are\s+)?correct|n/a|no\s+errors?)\b", re.I)
+
+
+def parse_judge_reply(reply: str) -> list[int] | None:
+    """Step numbers (1-based) a judge named as first incorrect; [] for "none"; None: unreadable.
+
+    Reads "first incorrect step: 3", "Round 1: Step 3; Round 2: Step 7", "3, 7", "none", "-1".
+    Numbers not tied to the word "step" count only when the reply is nothing but numbers, so
+    "Step 3 is wrong: 20 + 21 is 41" yields [3], not [3, 20, 21, 41].
+    """
+    text = _THINK_BLOCK.sub("", reply or "").strip()
+    numbers = [int(n) for n in _STEP_NUMBER.findall(text)]
+    if not numbers and _BARE_NUMBERS.match(text):
+        numbers = [int(n) for n in re.findall(r"-?\d+", text)]
+    if numbers:
+        return sorted({n for n in numbers if n > 0})  # 0 / -1: "no incorrect step"
+    return [] if _NONE_REPLY.search(text) else None
+
+
+def judge_request(question: str, gold: str, text: str, seg: Segmentation,
+                  cfg: MaskConfig) -> Request:
+    """One chat asking the judge for the first incorrect step of each round."""
+    lines = []
+    for index, ((start, end), rnd) in enumerate(zip(seg.bounds, seg.round_of, strict=True)):
+        if index == 0 or rnd != seg.round_of[index - 1]:
+            final = " (final)" if rnd == seg.n_rounds - 1 else ""
+            lines.append(f"Round {rnd + 1}{final}:")
+        lines.append(f"  Step {index + 1}: {text[start:end].strip()}")
+    prompt = (cfg.judge_prompt.replace("{question}", question).replace("{answer}", gold)
+              .replace("{steps}", "\n".join(lines)))
+    return Request(messages=[{"role": "user", "content": prompt}])
+
+
+def judged_flags(seg: Segmentation, first_wrong: Iterable[int]) -> tuple[list[bool], int]:
+    """Flags from the judge's step numbers: each marks its step to the end of its round.
+
+    Returns the flags and how many named steps were ignored (in the final round, or out of
+    range).
+    """
+    flags = [False] * len(seg.bounds)
+    final = seg.n_rounds - 1
+    ignored = 0
+    for number in first_wrong:
+        index = number - 1
+        if not 0 <= index < len(flags) or seg.round_of[index] == final:
+            ignored += 1
+            continue
+        rnd = seg.round_of[index]
+        while index < len(flags) and seg.round_of[index] == rnd:
+            flags[index] = True
+            index += 1
+    return flags, ignored
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def mask_responses(
+    selected: pd.DataFrame,
+    cfg: MaskConfig,
+    judge: Engine | None = None,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, dict]:
+    """Add `steps` (tiling character spans with an `erroneous` flag), `masked_chars`,
+    `n_rounds` and `n_erroneous_rounds` to the selected rows; return them and a summary.
+    """
+    for column in ("response", "answer"):
+        if column not in selected.columns:
+            raise UserError(f"mask: column '{column}' is missing (a selected artifact needs it)")
+    if cfg.enabled and cfg.mode == "judge" and judge is None:
+        raise ValueError("mask.mode is 'judge' but no judge engine was given")
+    began = time.perf_counter()
+    responses = ["" if r is None else str(r) for r in selected["response"].tolist()]
+    golds = ["" if a is None else str(a) for a in selected["answer"].tolist()]
+    matchers = _matchers(cfg)
+    segs = [_segment(text, matchers) for text in _progress(responses, progress, "segmenting")]
+
+    judge_stats = {}
+    if not cfg.enabled:
+        flags = [[False] * len(seg.bounds) for seg in segs]
+    elif cfg.mode == "rounds":
+        flags = [judge_free_flags(seg, gold) for seg, gold in zip(segs, golds, strict=True)]
+    else:
+        questions = selected["question"].astype(str).tolist() if "question" in selected else [""] * len(segs)
+        flags, judge_stats = _judge_flags(segs, responses, golds, questions, cfg, judge)
+
+    steps, masked, erroneous_rounds = [], [], []
+    for seg, row_flags in zip(segs, flags, strict=True):
+        steps.append([{"start": s, "end": e, "erroneous": f}
+                      for (s, e), f in zip(seg.bounds, row_flags, strict=True)])
+        masked.append(sum(e - s for (s, e), f in zip(seg.bounds, row_flags, strict=True) if f))
+        erroneous_rounds.append(len({r for r, f in zip(seg.round_of, row_flags, strict=True) if f}))
+
+    out = selected.copy()
+    out["steps"] = steps
+    out["masked_chars"] = np.asarray(masked, dtype=np.int64)
+    out["n_rounds"] = np.asarray([seg.n_rounds for seg in segs], dtype=np.int64)
+    out["n_erroneous_rounds"] = np.asarray(erroneous_rounds, dtype=np.int64)
+    summary = _summary(out, responses, cfg)
+    if judge_stats:
+        summary["judge"] = judge_stats
+    seconds = time.perf_counter() - began
+    summary["seconds"] = round(seconds, 3)
+    summary["rows_per_s"] = round(len(out) / seconds, 1) if seconds > 0 else None
+    return out, summary
+
+
+def _judge_flags(segs, responses, golds, questions, cfg, judge):
+    """One batched judge call for every row that has a round besides the final one."""
+    flags = [[False] * len(seg.bounds) for seg in segs]
+    asked = [i for i, seg in enumerate(segs) if seg.n_rounds > 1]
+    requests = [judge_request(questions[i], golds[i], responses[i], segs[i], cfg) for i in asked]
+    replies = judge.generate(requests, n=1, sampling=cfg.judge_sampling) if requests else []
+    unparseable, ignored = 0, 0
+    for i, completions in zip(asked, replies, strict=True):
+        numbers = parse_judge_reply(completions[0].text if completions else "")
+        if numbers is None:
+            unparseable += 1
+            continue
+        flags[i], skipped = judged_flags(segs[i], numbers)
+        ignored += skipped
+    return flags, {"requests": len(requests), "unparseable": unparseable,
+                   "ignored_step_numbers": ignored}
+
+
+def _progress(items: list, enabled: bool, label: str):
+    if not enabled or len(items) < 1000:
+        return items
+    from rich.progress import track
+
+    return track(items, description=f"mask: {label}", transient=True, update_period=0.5)
+
+
+def _summary(out: pd.DataFrame, responses: list[str], cfg: MaskConfig) -> dict:
+    """Shares of masked responses and masked tokens, overall and per effort.
+
+    Token shares are estimated per row as n_tokens * masked_chars / len(response), since the
+    stage has no tokenizer; without `n_tokens`, characters stand in for tokens.
+    """
+    chars = np.asarray([len(r) for r in responses], dtype=np.float64)
+    masked = out["masked_chars"].to_numpy(dtype=np.float64)
+    tokens = out["n_tokens"].to_numpy(dtype=np.float64) if "n_tokens" in out else chars
+    frame = pd.DataFrame({
+        "effort": out["effort"].astype(str).to_numpy() if "effort" in out else "all",
+        "tokens": tokens,
+        "masked_tokens": np.divide(tokens * masked, chars, out=np.zeros_like(masked),
+                                   where=chars > 0),
+        "chars": chars,
+        "masked_chars": masked,
+        "masked_row": masked > 0,
+        "rounds": out["n_rounds"].to_numpy(),
+        "erroneous_rounds": out["n_erroneous_rounds"].to_numpy(),
+    })
+
+    def shares(part: pd.DataFrame) -> dict:
+        return {
+            "rows": int(len(part)),
+            "masked_rows_share": _ratio(part["masked_row"].sum(), len(part)),
+            "masked_token_share": _ratio(part["masked_tokens"].sum(), part["tokens"].sum()),
+            "masked_char_share": _ratio(part["masked_chars"].sum(), part["chars"].sum()),
+            "rounds_mean": _ratio(part["rounds"].sum(), len(part)),
+            "erroneous_rounds_mean": _ratio(part["erroneous_rounds"].sum(), len(part)),
+        }
+
+    return {
+        "enabled": cfg.enabled,
+        "mode": cfg.mode,
+        **shares(frame),
+        "per_effort": {str(effort): shares(part) for effort, part in frame.groupby("effort")},
+    }
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return round(float(numerator) / float(denominator), 6) if denominator else 0.0
+
+
+# ---------------------------------------------------------------- token alignment
+
+
+def erroneous_spans(steps: Iterable[Mapping]) -> list[tuple[int, int]]:
+    """[start, end) character spans of erroneous steps, touching or overlapping ones merged."""
+    spans: list[tuple[int, int]] = []
+    for step in sorted((s for s in steps if s["erroneous"]), key=lambda s: s["start"]):
+        start, end = int(step["start"]), int(step["end"])
+        if end <= start:
+            continue
+        if spans and start <= spans[-1][1]:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], end))
+        else:
+            spans.append((start, end))
+    return spans
+
+
+def token_loss_mask(
+    offsets: Sequence[tuple[int, int]],
+    spans: Sequence[tuple[int, int]],
+    *,
+    shift: int = 0,
+) -> list[bool]:
+    """Per token: True = exclude it from the loss (label -100).
+
+    Boundary rule: a token is masked when any of its characters lies in a span, so no
+    erroneous character is ever trained on; a token straddling a span edge is masked whole.
+    Tokens that share characters with a masked token (byte-level pieces of one character,
+    whose offsets overlap) are masked with it, so unmasked tokens always cover whole
+    characters. A zero-width token (a special token) is masked only strictly inside a masked
+    region. `shift` moves the spans into the offsets' coordinates (e.g. where the response
+    starts in the chat text).
+    """
+    off = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    spans = [(s + shift, e + shift) for s, e in spans if e > s]
+    if not len(off) or not spans:
+        return [False] * len(off)
+    starts, ends = off[:, 0], off[:, 1]
+    size = int(max(ends.max(), max(e for _, e in spans))) + 1
+    char_masked = _chars_in(spans, size)
+    zero_width = starts == ends
+    while True:
+        before = np.concatenate(([0], np.cumsum(char_masked)))
+        masked = before[ends] - before[starts] > 0
+        inside = zero_width & (starts > 0) & char_masked[np.maximum(starts - 1, 0)] & char_masked[starts]
+        masked |= inside
+        grown = char_masked | _chars_in(zip(starts[masked], ends[masked], strict=True), size)
+        if np.array_equal(grown, char_masked):
+            return masked.tolist()
+        char_masked = grown
+
+
+def _chars_in(spans: Iterable[tuple[int, int]], size: int) -> np.ndarray:
+    """Boolean per character: inside any of the spans."""
+    delta = np.zeros(size + 1, dtype=np.int64)
+    for start, end in spans:
+        start, end = max(int(start), 0), min(int(end), size)
+        if end > start:
+            delta[start] += 1
+            delta[end] -= 1
+    return np.cumsum(delta[:-1]) > 0
