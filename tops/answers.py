@@ -51,6 +51,11 @@ def _balanced_group(text: str, open_index: int) -> str | None:
     return None
 
 
+def braces_balanced(text: str) -> bool:
+    """True when every unescaped `{` in `text` is closed, in order (safe to wrap in a group)."""
+    return _balanced_group("{" + text + "}", 0) == text
+
+
 def last_boxed(text: str) -> str | None:
     """Content of the last complete `\\boxed{...}` or `\\fbox{...}`, nested braces included.
 
@@ -64,7 +69,7 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
-def _strip_outer_delimiters(text: str) -> str:
+def strip_math_delimiters(text: str) -> str:
     """`$x$`, `$$x$$`, `\\(x\\)`, `\\[x\\]` -> `x` (repeatedly, for `$\\(x\\)$`)."""
     text = text.strip()
     while True:
@@ -167,7 +172,7 @@ def _unbox(text: str) -> str:
 def normalize_text(answer: str) -> str:
     """Canonical spelling for exact comparison: no delimiters, spacing, sizing or whitespace;
     `\\dfrac`/`\\tfrac` are `\\frac`; a whole `\\text{...}` is unwrapped."""
-    text = _strip_outer_delimiters(answer)
+    text = strip_math_delimiters(answer)
     text = _unbox(text).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     text = _SIZING.sub("", _SPACING.sub("", text))
     text = re.sub(r"(?<=\w)\s+(?=\w)", " ", text)  # "1 2" must not become "12"
@@ -202,7 +207,7 @@ def parse_number(answer: str) -> Number | None:
     "\\frac{3}{4}", "\\dfrac34", "-\\tfrac{1}{2}", "1.5 \\times 10^{3}". Units and percent signs
     are dropped: the number is the answer.
     """
-    text = _strip_outer_delimiters(answer)
+    text = strip_math_delimiters(answer)
     if len(text) > _MAX_NUMBER_TEXT:
         return None
     text = _unbox(text).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("−", "-")

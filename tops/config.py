@@ -56,6 +56,8 @@ class EngineConfig(Strict):
     served_model: str | None = None
     tokenizer: str | None = None
     concurrency: int = Field(8, ge=1)
+    # The server is vLLM: ask for token ids (exact counts) and allow continuing partial answers.
+    vllm_extensions: bool = True
     request_timeout_s: float = Field(600, gt=0)
 
     @model_validator(mode="after")
@@ -209,9 +211,10 @@ class MaskConfig(Strict):
     # A round ends where one of these matches; the named group `answer` is the round's answer.
     answer_patterns: list[str] = Field(default_factory=lambda: [
         r"\\boxed\s*\{(?P<answer>(?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*)\}",
-        r"(?i:\b(?:the\s+)?(?:final\s+)?answer\s+(?:is|would\s+be|should\s+be)\s*:?\s*)"
+        # "the answer is 41", "Final Answer: $41$"; no (?i:...) as it defeats the regex
+        # engine's literal prefix scan (5x slower).
+        r"[Aa]nswer(?:\s+(?:is|would\s+be|should\s+be)\s*:?|\s*:)\s*"
         r"(?P<answer>\$[^$\n]{1,80}\$|-?[\d\\][\w\\^/.,{}()+\-]{0,60})",
-        r"(?i:\bfinal\s+answer\s*:\s*)(?P<answer>\$[^$\n]{1,80}\$|-?[\d\\][\w\\^/.,{}()+\-]{0,60})",
     ])
     # These end a round only when a reflection cue follows: otherwise every "= N" of the
     # working would end a round and correct intermediate results would be masked.
@@ -289,6 +292,8 @@ class TrainConfig(Strict):
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
     max_length: int = Field(1024, ge=16)
+    # Keep padding a small share of the compute: padding-free batches under flash attention,
+    # length-grouped padded batches otherwise (see tops/train/sft.py). False: plain batches.
     packing: bool = True
     bf16: bool = False
     lora: LoraConfig = Field(default_factory=LoraConfig)
@@ -298,6 +303,15 @@ class TrainConfig(Strict):
     logging_steps: int = Field(5, ge=1)
     save_steps: int = Field(50, ge=1)
     seed: int = 0
+    max_steps: int | None = Field(None, ge=1)  # stop early (smoke runs, benchmarks)
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    gradient_checkpointing: bool = False  # saves memory on long sequences, costs ~30% compute
+    model_dtype: Literal["float32", "bfloat16", "auto"] = "float32"  # weights while training
+    attn_implementation: str | None = None  # e.g. "flash_attention_2" on GPUs
+    # DPO: None = learning_rate / 20 (the paper: SFT 1e-5, Iter-DPO 5e-7) and `epochs`.
+    dpo_learning_rate: float | None = Field(None, gt=0)
+    dpo_epochs: float | None = Field(None, gt=0)
 
 
 class EvalConfig(Strict):

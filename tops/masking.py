@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
+from itertools import pairwise
 
 import numpy as np
 import pandas as pd
@@ -34,15 +35,17 @@ from tops.config import MaskConfig
 from tops.engines.base import Engine, Request
 from tops.errors import UserError
 
+# Where steps are cut: after the last newline of a whitespace run, never before a word's
+# leading space. BPE tokenizers glue that space to the word (" Wait"), so cutting before it
+# keeps a token from straddling a wrong step and the reflection after it.
 _STEP_SEPARATORS = {
-    # A separator and the whitespace after it belong to the step before it, so steps tile the
-    # response exactly and an answer cut after trailing whitespace lands on the same position.
-    "line": r"\n\s*",
-    "paragraph": r"\n[^\S\n]*\n\s*",
+    "line": r"\n(?:[^\S\n]*\n)*",
+    "paragraph": r"\n[^\S\n]*\n(?:[^\S\n]*\n)*",
 }
-# What may follow an answer before its round really ends: closing delimiters, punctuation,
-# whitespace ("\boxed{41}$.  Wait" cuts right before "Wait").
-_ANSWER_TAIL = re.compile(r"[$)\]]*[.,;:!?]*\s*")
+# What may follow an answer before its round really ends: closing delimiters, punctuation, and
+# the line break when the line ends there ("\boxed{41}$.\n" or "= 41." before " Wait").
+_ANSWER_TAIL = re.compile(r"[$)\]]*[.,;:!?]*(?:\s*\n)?")
+_LINE_TAIL = re.compile(r"(?:[^\S\n]*\n)*")
 _SPACE = re.compile(r"\s*")
 
 
@@ -74,10 +77,14 @@ class _Matchers:
 @lru_cache(maxsize=16)
 def _compile(step_split: str, answers: tuple[str, ...], weak: tuple[str, ...],
              reflection: str) -> _Matchers:
+    # A weak answer counts only before a reflection cue; checking that inside the regex (a
+    # lookahead after an atomic group, so no backtracking) avoids two Python-level matches
+    # per "= N" of the working.
+    before_cue = rf"(?={_ANSWER_TAIL.pattern}\s*(?:{reflection}))"
     return _Matchers(
         separator=re.compile(_STEP_SEPARATORS[step_split]),
         answers=tuple(re.compile(p) for p in answers),
-        weak_answers=tuple(re.compile(p) for p in weak),
+        weak_answers=tuple(re.compile(f"(?>{p}){before_cue}") for p in weak),
         reflection=re.compile(reflection),
     )
 
@@ -90,12 +97,7 @@ def _matchers(cfg: MaskConfig) -> _Matchers:
 def _answer_events(text: str, m: _Matchers) -> list[tuple[int, int, str]]:
     """(start, end, answer) of every answer statement, overlapping statements merged."""
     events = [(hit.start(), hit.end(), hit.group("answer"))
-              for pattern in m.answers for hit in pattern.finditer(text)]
-    for pattern in m.weak_answers:
-        for hit in pattern.finditer(text):
-            after = _ANSWER_TAIL.match(text, hit.end()).end()
-            if after < len(text) and m.reflection.match(text, after):
-                events.append((hit.start(), hit.end(), hit.group("answer")))
+              for pattern in (*m.answers, *m.weak_answers) for hit in pattern.finditer(text)]
     if len(events) < 2:
         return events
     events.sort()
@@ -124,18 +126,21 @@ def _segment(text: str, m: _Matchers) -> Segmentation:
     round_starts = [0, *sorted({c for c in answer_cuts if 0 < c < last_cut})]
     reflection_starts = set()
     for start in round_starts[1:]:
-        cue = m.reflection.match(text, start)
-        if cue and cue.end() > start:
+        cue = m.reflection.match(text, _SPACE.match(text, start).end())
+        if cue and cue.end() > cue.start():
             reflection_starts.add(start)
-            cuts.add(_SPACE.match(text, cue.end()).end())
+            cue_end = cue.end()
+            while text[cue_end - 1] in " \t":  # a trailing space belongs to the next word
+                cue_end -= 1
+            cuts.add(_LINE_TAIL.match(text, cue_end).end())
     cuts.update(round_starts)
     edges = [0, *sorted(c for c in cuts if 0 < c < size), size]
-    bounds = [(edges[i], edges[i + 1]) for i in range(len(edges) - 1)] if size else []
-    if len(round_starts) == 1:
-        round_of = [0] * len(bounds)
+    bounds = list(pairwise(edges)) if size else []
+    if len(round_starts) == 1:  # most responses: one round, nothing to look up
+        round_of, reflection = [0] * len(bounds), [False] * len(bounds)
     else:
         round_of = [bisect.bisect_right(round_starts, start) - 1 for start, _ in bounds]
-    reflection = [start in reflection_starts for start, _ in bounds]
+        reflection = [start in reflection_starts for start, _ in bounds]
     if len(events) == len(round_starts):
         round_answers: list[str | None] = [answer for _, _, answer in events]
     else:  # no answer at all, or statements whose cuts coincide
@@ -152,24 +157,25 @@ _TEXT_WRAPPERS = re.compile(r"\\(?:text|textbf|mathrm|mathbf|operatorname)\s*\{(
 _LATEX_NOISE = re.compile(r"\\left|\\right|\\displaystyle|\\[,;:! ]|\^\s*\{?\\circ\}?|\\%|%|\$")
 _ASSIGNMENT = re.compile(r"^[A-Za-z]\w{0,3}\s*=\s*")
 _THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
-_FRAC = re.compile(r"^(-?)\\[dt]?frac\{?(-?\d+)\}?\{?(\d+)\}?$")
+_FRAC = re.compile(r"^(-?)\\frac(?:\{(-?\d+)\}|(\d))(?:\{(\d+)\}|(\d))$")
 _SLASH = re.compile(r"^(-?\d+)/(\d+)$")
-_BRACES_SPACE = re.compile(r"[{}\s]")
+_WHITESPACE = re.compile(r"\s+")
 
 
 @lru_cache(maxsize=1 << 16)
 def answer_key(raw: str) -> tuple[float | None, str]:
     """(numeric value or None, normalised string) of an answer, for cheap comparison."""
     text = raw.strip()
-    boxed = _BOXED.findall(text)
-    if boxed:
-        text = boxed[-1]
-    text = _TEXT_WRAPPERS.sub(r"\1", text)
-    text = _LATEX_NOISE.sub("", text).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    if "\\" in text or "$" in text or "%" in text:
+        boxed = _BOXED.findall(text)
+        if boxed:
+            text = boxed[-1]
+        text = _TEXT_WRAPPERS.sub(lambda hit: hit.group(1), text)
+        text = _LATEX_NOISE.sub("", text).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     text = text.strip().rstrip(".,;:").strip()
-    text = _ASSIGNMENT.sub("", text)
-    compact = _BRACES_SPACE.sub("", text).lower()
-    return _as_number(compact), compact
+    text = _WHITESPACE.sub("", _ASSIGNMENT.sub("", text))
+    # Numbers are read with braces kept: without them \frac{1}{23} and \frac{12}{3} collide.
+    return _as_number(text), text.replace("{", "").replace("}", "").lower()
 
 
 def _as_number(text: str) -> float | None:
@@ -180,15 +186,17 @@ def _as_number(text: str) -> float | None:
         return value if math.isfinite(value) else None
     except ValueError:
         pass
-    for pattern in (_FRAC, _SLASH):
-        hit = pattern.match(text)
-        if hit:
-            groups = hit.groups()
-            sign = -1 if len(groups) == 3 and groups[0] == "-" else 1
-            numerator, denominator = int(groups[-2]), int(groups[-1])
-            if denominator:
-                return sign * float(Fraction(numerator, denominator))
-    return None
+    fraction = _FRAC.match(text)
+    if fraction:
+        sign, braced_num, bare_num, braced_den, bare_den = fraction.groups()
+        numerator = int(braced_num or bare_num) * (-1 if sign else 1)
+        denominator = int(braced_den or bare_den)
+    else:
+        fraction = _SLASH.match(text)
+        if not fraction:
+            return None
+        numerator, denominator = int(fraction[1]), int(fraction[2])
+    return float(Fraction(numerator, denominator)) if denominator else None
 
 
 def answers_differ(stated: str | None, gold: str) -> bool:
@@ -224,6 +232,7 @@ def judge_free_flags(seg: Segmentation, gold: str) -> list[bool]:
                                                                strict=True)]
 
 
+_PLACEHOLDER = re.compile(r"\{(question|answer|steps)\}")
 _THINK_BLOCK = re.compile(r"^.*</think>", re.S)
 _STEP_NUMBER = re.compile(r"\bsteps?\s*(?:#|no\.?|number)?\s*:?\s*(-?\d+)", re.I)
 _BARE_NUMBERS = re.compile(r"^[\s\[(]*-?\d+(?:\s*(?:,|;|and)\s*-?\d+)*[\s\])\.]*$", re.I)
@@ -257,8 +266,10 @@ def judge_request(question: str, gold: str, text: str, seg: Segmentation,
             final = " (final)" if rnd == seg.n_rounds - 1 else ""
             lines.append(f"Round {rnd + 1}{final}:")
         lines.append(f"  Step {index + 1}: {text[start:end].strip()}")
-    prompt = (cfg.judge_prompt.replace("{question}", question).replace("{answer}", gold)
-              .replace("{steps}", "\n".join(lines)))
+    values = {"question": question, "answer": gold, "steps": "\n".join(lines)}
+    # One pass, so a "{answer}" inside the question is left alone; other braces (\boxed{})
+    # in the template are not placeholders.
+    prompt = _PLACEHOLDER.sub(lambda hit: values[hit[1]], cfg.judge_prompt)
     return Request(messages=[{"role": "user", "content": prompt}])
 
 
@@ -312,21 +323,26 @@ def mask_responses(
     elif cfg.mode == "rounds":
         flags = [judge_free_flags(seg, gold) for seg, gold in zip(segs, golds, strict=True)]
     else:
-        questions = selected["question"].astype(str).tolist() if "question" in selected else [""] * len(segs)
+        questions = (selected["question"].astype(str).tolist() if "question" in selected
+                     else [""] * len(segs))
         flags, judge_stats = _judge_flags(segs, responses, golds, questions, cfg, judge)
 
-    steps, masked, erroneous_rounds = [], [], []
-    for seg, row_flags in zip(segs, flags, strict=True):
+    steps, masked, erroneous_rounds = [], [0] * len(segs), [0] * len(segs)
+    for row, (seg, row_flags) in enumerate(zip(segs, flags, strict=True)):
+        if not any(row_flags):
+            steps.append([{"start": s, "end": e, "erroneous": False} for s, e in seg.bounds])
+            continue
         steps.append([{"start": s, "end": e, "erroneous": f}
                       for (s, e), f in zip(seg.bounds, row_flags, strict=True)])
-        masked.append(sum(e - s for (s, e), f in zip(seg.bounds, row_flags, strict=True) if f))
-        erroneous_rounds.append(len({r for r, f in zip(seg.round_of, row_flags, strict=True) if f}))
+        masked[row] = sum(e - s for (s, e), f in zip(seg.bounds, row_flags, strict=True) if f)
+        erroneous_rounds[row] = len({r for r, f in zip(seg.round_of, row_flags, strict=True) if f})
 
-    out = selected.copy()
-    out["steps"] = steps
-    out["masked_chars"] = np.asarray(masked, dtype=np.int64)
-    out["n_rounds"] = np.asarray([seg.n_rounds for seg in segs], dtype=np.int64)
-    out["n_erroneous_rounds"] = np.asarray(erroneous_rounds, dtype=np.int64)
+    out = selected.assign(  # a new frame; the caller's is left as it was
+        steps=steps,
+        masked_chars=np.asarray(masked, dtype=np.int64),
+        n_rounds=np.asarray([seg.n_rounds for seg in segs], dtype=np.int64),
+        n_erroneous_rounds=np.asarray(erroneous_rounds, dtype=np.int64),
+    )
     summary = _summary(out, responses, cfg)
     if judge_stats:
         summary["judge"] = judge_stats
@@ -357,9 +373,11 @@ def _judge_flags(segs, responses, golds, questions, cfg, judge):
 def _progress(items: list, enabled: bool, label: str):
     if not enabled or len(items) < 1000:
         return items
+    from rich.console import Console
     from rich.progress import track
 
-    return track(items, description=f"mask: {label}", transient=True, update_period=0.5)
+    return track(items, description=f"mask: {label}", transient=True, update_period=0.5,
+                 console=Console(stderr=True))
 
 
 def _summary(out: pd.DataFrame, responses: list[str], cfg: MaskConfig) -> dict:

@@ -28,6 +28,7 @@ class OpenAIEngine:
         self.client = httpx.Client(timeout=cfg.request_timeout_s,
                                    headers={"Authorization": f"Bearer {key}"})
         self.concurrency = cfg.concurrency
+        self.vllm_extensions = cfg.vllm_extensions
         tokenizer_name = cfg.tokenizer or model
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_name)
@@ -48,7 +49,11 @@ class OpenAIEngine:
         }
         if sampling.stop:
             body["stop"] = list(sampling.stop)
+        if self.vllm_extensions:
+            body["return_token_ids"] = True  # exact generated-token counts from vLLM's server
         if request.prefix:
+            if not self.vllm_extensions:
+                raise UserError("continuing a partial answer needs engine.vllm_extensions=true (a vLLM server)")
             # vLLM's server continues a partial assistant turn with these two switches.
             messages.append({"role": "assistant", "content": request.prefix})
             body.update(add_generation_prompt=False, continue_final_message=True)
@@ -58,7 +63,10 @@ class OpenAIEngine:
             raise RuntimeError(f"{self.base_url}: HTTP {response.status_code}: {response.text[:300]}")
         choices = sorted(response.json()["choices"], key=lambda c: c["index"])
         texts = [c["message"]["content"] or "" for c in choices]
-        counts = self.count_tokens(texts)
+        if all(c.get("token_ids") is not None for c in choices):
+            counts = [len(c["token_ids"]) for c in choices]
+        else:
+            counts = self.count_tokens(texts)
         return [
             Completion(text=t, n_tokens=k, finish_reason=c.get("finish_reason") or "stop",
                        stop_reason=c.get("stop_reason") if isinstance(c.get("stop_reason"), str) else None)

@@ -1,0 +1,39 @@
+"""Shared fixtures: one tiny model and one vLLM engine per test session (engine start-up is
+the expensive part on CPU), a run folder per test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from tops.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def smoke_config(tiny_model_dir):
+    from tops.config import load_config
+
+    return load_config(REPO / "configs" / "smoke.yaml", [f"model.base={tiny_model_dir}"])
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(tiny_model_dir, smoke_config):
+    """The session's one vLLM engine over the tiny model."""
+    from tops.engines import make_engine
+
+    engine = make_engine(str(tiny_model_dir), smoke_config.engine)
+    yield engine
+    engine.close()

@@ -1,0 +1,168 @@
+"""Generation through the real vLLM engine (tiny model), the transformers engine, and the
+OpenAI-compatible client against a real `vllm serve`; resumability by killing a real process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from tops.artifacts import read_artifact, write_artifact
+from tops.config import GenerateConfig, SamplingConfig
+from tops.domains import load_problems
+from tops.engines import Request
+from tops.errors import UserError
+from tops.generate import generate_samples
+from tops.stages import run_generate
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def test_vllm_generate_writes_valid_samples(tmp_path, vllm_engine, smoke_config):
+    problems = load_problems(smoke_config.problems, n=4)
+    out = tmp_path / "samples.parquet"
+    samples, summary = generate_samples(problems, vllm_engine, smoke_config.generate,
+                                        smoke_config.efforts.prompts, out, model_name="tiny", progress=False)
+    back = read_artifact(out, "samples")
+    assert len(back) == 4 * 3 * 2 == summary["rows"]
+    assert not back.duplicated(["problem_id", "effort", "sample_idx"]).any()
+    assert set(back["effort"]) == {"low", "medium", "high"}
+    assert back["n_tokens"].between(1, 32).all()
+    assert set(back["finish_reason"]) <= {"stop", "length"}
+    # n_tokens counts generated tokens: a response cut at the budget has exactly the budget
+    truncated = back[back["finish_reason"] == "length"]
+    assert len(truncated) > 0 and (truncated["n_tokens"] == 32).all()
+    assert "operands" in back.columns  # extra problem columns pass through
+    assert not out.with_name(out.name + ".shards").exists()
+
+
+def test_truncated_responses_are_marked(vllm_engine, smoke_config):
+    reqs = [Request([{"role": "user", "content": "What is 1 + 1?"}])]
+    out = vllm_engine.generate(reqs, 3, SamplingConfig(max_tokens=2, temperature=1.0))
+    assert all(c.finish_reason == "length" and c.n_tokens == 2 for c in out[0])
+
+
+def test_stop_strings_and_prefix_continuation(vllm_engine):
+    reqs = [Request([{"role": "user", "content": "Count"}], prefix="1 2 3")]
+    out = vllm_engine.generate(reqs, 2, SamplingConfig(max_tokens=16, stop=["e"]))
+    for c in out[0]:
+        assert "e" not in c.text
+        assert c.finish_reason in {"stop", "length"}
+
+
+def test_unknown_effort_and_empty_input(tmp_path, vllm_engine, smoke_config):
+    problems = load_problems(smoke_config.problems, n=2)
+    with pytest.raises(UserError, match="unknown effort 'ultra'"):
+        generate_samples(problems, vllm_engine, GenerateConfig(efforts=["ultra"]), smoke_config.efforts.prompts,
+                         tmp_path / "s.parquet", model_name="tiny", progress=False)
+    with pytest.raises(UserError, match="empty input"):
+        generate_samples(problems.iloc[:0], vllm_engine, smoke_config.generate, smoke_config.efforts.prompts,
+                         tmp_path / "s.parquet", model_name="tiny", progress=False)
+    assert not list(tmp_path.iterdir())
+
+
+def test_run_generate_records_manifest(tmp_path, vllm_engine, smoke_config):
+    problems_path = write_artifact(load_problems(smoke_config.problems, n=2), tmp_path / "p.parquet", "problems")
+    summary = run_generate(smoke_config, tmp_path / "samples.parquet", problems_path=problems_path,
+                           engine=vllm_engine, progress=False)
+    import json
+
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["stages"]["samples"]["rows"] == summary["rows"] == 12
+    assert manifest["stages"]["samples"]["inputs"]["problems"]["path"] == str(problems_path)
+
+
+def test_hf_engine_matches_the_contract(tiny_model_dir, smoke_config):
+    from tops.engines import make_engine
+
+    engine = make_engine(str(tiny_model_dir), smoke_config.engine.model_copy(update={"kind": "hf"}))
+    reqs = [Request([{"role": "user", "content": f"What is {i} + 1?"}]) for i in range(3)]
+    out = engine.generate(reqs, 2, SamplingConfig(max_tokens=8, temperature=1.0))
+    assert [len(x) for x in out] == [2, 2, 2]
+    for completions in out:
+        for c in completions:
+            assert 1 <= c.n_tokens <= 8 and c.finish_reason in {"stop", "length"}
+    assert engine.count_tokens(["hello world"])[0] >= 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_openai_engine_against_real_vllm_serve(tiny_model_dir, smoke_config):
+    from tops.engines import make_engine
+
+    port = _free_port()
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model_dir),
+         "--port", str(port), "--host", "127.0.0.1", "--max-model-len", "512", "--enforce-eager",
+         "--dtype", "float32"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        import httpx
+
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None, "vllm serve exited during start-up"
+            time.sleep(2)
+        cfg = smoke_config.engine.model_copy(update={"kind": "openai", "base_url": f"http://127.0.0.1:{port}/v1",
+                                                     "served_model": str(tiny_model_dir)})
+        engine = make_engine(str(tiny_model_dir), cfg)
+        reqs = [Request([{"role": "user", "content": "What is 2 + 2?"}]),
+                Request([{"role": "user", "content": "Go on"}], prefix="The answer")]
+        out = engine.generate(reqs, 2, SamplingConfig(max_tokens=12, temperature=1.0))
+        assert [len(x) for x in out] == [2, 2]
+        for completions in out:
+            for c in completions:
+                assert 1 <= c.n_tokens <= 12 and c.finish_reason in {"stop", "length"}
+        engine.close()
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_killed_generate_resumes_without_duplicates(tmp_path, tiny_model_dir, smoke_config):
+    """Kill a real `tops generate` after its first shard lands; rerunning finishes the job
+    with exactly one row per (problem, effort, sample)."""
+    problems = load_problems(smoke_config.problems, n=24)
+    problems_path = write_artifact(problems, tmp_path / "problems.parquet", "problems")
+    out = tmp_path / "samples.parquet"
+    cmd = [sys.executable, "-m", "tops.cli", "generate", "--config", str(REPO / "configs" / "smoke.yaml"),
+           "--in", str(problems_path), "--out", str(out), "--quiet",
+           "--set", f"model.base={tiny_model_dir}", "--set", "generate.shard_size=6",
+           "--set", "generate.sampling.max_tokens=64"]
+    first = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    shards = out.with_name(out.name + ".shards")
+    deadline = time.time() + 300
+    while time.time() < deadline and not (shards.exists() and any(shards.glob("shard-*.parquet"))):
+        assert first.poll() is None, first.stderr.read().decode()[-2000:]
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    done_before = len(list(shards.glob("shard-*.parquet")))
+    assert not out.exists() and 1 <= done_before < 12
+
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-2000:]
+    samples = read_artifact(out, "samples")
+    assert len(samples) == 24 * 3 * 2
+    assert not samples.duplicated(["problem_id", "effort", "sample_idx"]).any()
+    expected = pd.MultiIndex.from_product([problems["problem_id"], ["low", "medium", "high"], [0, 1]])
+    assert set(map(tuple, samples[["problem_id", "effort", "sample_idx"]].to_numpy())) == set(expected)
+    assert not shards.exists()

@@ -1,0 +1,312 @@
+"""What SFT and DPO share: trainer arguments, LoRA, the output folder's life cycle (resume,
+merge, loss curve, completion marker) and the relaunch under `accelerate launch`.
+
+Output folder layout (callers rely on it):
+    out_dir/                full model + tokenizer (a LoRA run is merged), loadable by
+                            transformers and vLLM like any model folder
+    out_dir/adapter/        the LoRA adapter, when LoRA is on
+    out_dir/checkpoints/    Trainer checkpoints; a rerun resumes from the last one
+    out_dir/loss.parquet, loss.png, train_summary.json
+    out_dir/.tops-complete  written last: the folder is finished
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tops.artifacts import atomic_write_text, fingerprint
+from tops.config import TrainConfig
+from tops.errors import UserError
+from tops.models import COMPLETE_MARKER
+
+KEY_FILE = "run_key.json"
+# Settings that change how a run is watched or launched, not what it learns.
+_NOT_IN_KEY = ("logging_steps", "save_steps", "num_processes", "accelerate_config")
+
+
+# ---------------------------------------------------------------- processes
+
+
+def is_main_process() -> bool:
+    """Rank 0, or a single process. Read from the environment so it works before the Trainer
+    (and accelerate's state) exists."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def in_launched_process() -> bool:
+    return "LOCAL_RANK" in os.environ or os.environ.get("TOPS_LAUNCHED") == "1"
+
+
+def relaunch_command(argv: Sequence[str], cfg: TrainConfig) -> list[str] | None:
+    """The `accelerate launch` command line that reruns `tops <argv>` on cfg.num_processes
+    processes, or None when this process should train itself."""
+    if cfg.num_processes <= 1 or in_launched_process():
+        return None
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(cfg.num_processes)]
+    if cfg.accelerate_config is not None:
+        if not Path(cfg.accelerate_config).exists():
+            raise UserError(f"train.accelerate_config: {cfg.accelerate_config}: file not found")
+        cmd += ["--config_file", str(cfg.accelerate_config)]
+    else:
+        cmd += ["--multi_gpu"]
+    return [*cmd, "-m", "tops.cli", *argv]
+
+
+def maybe_relaunch(argv: Sequence[str], cfg: TrainConfig) -> bool:
+    """Rerun this `tops` command under `accelerate launch` when cfg asks for several processes.
+
+    `argv` is the command's arguments after the program name (sys.argv[1:]). Returns True when
+    the command ran in the launched processes (the caller has nothing left to do); raises
+    SystemExit with their exit code when they failed; False when this process should train.
+    """
+    cmd = relaunch_command(argv, cfg)
+    if cmd is None:
+        return False
+    code = subprocess.call(cmd, env={**os.environ, "TOPS_LAUNCHED": "1"})
+    if code != 0:
+        raise SystemExit(code)
+    return True
+
+
+# ---------------------------------------------------------------- trainer pieces
+
+
+def uses_cpu() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def model_init_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    import torch
+
+    kwargs: dict[str, Any] = {"dtype": {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                                        "auto": "auto"}[cfg.model_dtype]}
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    return kwargs
+
+
+def trainer_args(config_cls, cfg: TrainConfig, out_dir: Path, *, learning_rate: float,
+                 epochs: float, progress: bool, **extra):
+    """SFTConfig / DPOConfig from our TrainConfig. TRL's own defaults (bf16 on, gradient
+    checkpointing on) are overridden explicitly so the config alone decides."""
+    return config_cls(
+        output_dir=str(out_dir / "checkpoints"),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=learning_rate,
+        num_train_epochs=epochs,
+        max_steps=cfg.max_steps or -1,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # a float below 1 is a share of the steps
+        bf16=cfg.bf16,
+        fp16=False,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        model_init_kwargs=model_init_kwargs(cfg),
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=2,  # the last one may be half-written when a run is killed
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        use_cpu=uses_cpu(),
+        dataloader_num_workers=0,
+        report_to="none",
+        disable_tqdm=not progress,
+        **extra,
+    )
+
+
+def lora_config(cfg: TrainConfig):
+    """peft LoraConfig, or None for full fine-tuning."""
+    if not cfg.lora.enabled:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
+
+
+class CountingCollator:
+    """Wraps the trainer's collator to count real tokens against computed positions, so the
+    summary reports the padding share and real-token throughput of the batches trained on."""
+
+    def __init__(self, inner: Callable):
+        self.inner = inner
+        self.real = 0
+        self.positions = 0
+
+    def __call__(self, examples: list[dict]) -> dict:
+        batch = self.inner(examples)
+        self.real += sum(len(e["input_ids"]) for e in examples)
+        self.positions += int(batch["input_ids"].numel())
+        return batch
+
+    def totals(self, accelerator) -> tuple[int, int]:
+        """(real tokens, positions) summed over all processes."""
+        import torch
+
+        counts = torch.tensor([self.real, self.positions], dtype=torch.int64, device=accelerator.device)
+        counts = accelerator.reduce(counts, reduction="sum")
+        return int(counts[0]), int(counts[1])
+
+
+# ---------------------------------------------------------------- output folder
+
+
+def run_key(kind: str, base_model: str | Path, cfg: TrainConfig, data_key: str,
+            extra: dict | None = None) -> str:
+    """Identity of a training run: what it learns from and how. A rerun with the same key
+    resumes or returns the finished folder; a different key never reuses its checkpoints."""
+    settings = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _NOT_IN_KEY}
+    return fingerprint({"kind": kind, "base": str(Path(base_model).resolve()) if Path(base_model).exists()
+                        else str(base_model), "train": settings, "data": data_key, **(extra or {})})
+
+
+def open_out_dir(out_dir: Path, key: str) -> dict | None:
+    """Prepare `out_dir` for a run with `key`: the finished run's summary when it is already
+    done, None when training should start or resume. A folder from other inputs is refused
+    rather than silently resumed or overwritten."""
+    key_path = out_dir / "checkpoints" / KEY_FILE
+    if key_path.exists():
+        previous = json.loads(key_path.read_text()).get("key")
+        if previous != key:
+            raise UserError(f"{out_dir}: holds a training run with other data or settings "
+                            f"(run key {previous}, this one {key}); use another --out or delete it")
+        if (out_dir / COMPLETE_MARKER).exists():
+            return json.loads((out_dir / "train_summary.json").read_text())
+        return None
+    if is_main_process():  # the other ranks would race with the key file written here
+        if out_dir.exists() and any(out_dir.iterdir()):
+            raise UserError(f"{out_dir}: exists and is not a tops training folder; use another --out")
+        atomic_write_text(json.dumps({"key": key}), key_path)
+    return None
+
+
+def last_checkpoint(out_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = out_dir / "checkpoints"
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def save_model(trainer, base_model: str | Path, out_dir: Path, tokenizer) -> None:
+    """Full weights into `out_dir`; with LoRA the adapter goes to `out_dir/adapter` and is
+    merged into a fresh copy of the base (on the main process), which works the same whether
+    training ran on one process or sharded under ZeRO-3/FSDP."""
+    from accelerate.utils import is_peft_model
+
+    if not is_peft_model(trainer.model):
+        trainer.save_model(str(out_dir))  # all ranks: gathers sharded weights
+        return
+    adapter_dir = out_dir / "adapter"
+    trainer.save_model(str(adapter_dir))
+    if trainer.accelerator.is_main_process:
+        merge_adapter(base_model, adapter_dir, out_dir)
+        tokenizer.save_pretrained(str(out_dir))
+    trainer.accelerator.wait_for_everyone()
+
+
+def merge_adapter(base_model: str | Path, adapter_dir: Path, out_dir: Path) -> None:
+    """Base + adapter -> plain model folder, kept in the base's own dtype."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(base_model), dtype="auto")
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(str(out_dir))
+
+
+def write_loss_curve(log_history: list[dict], out_dir: Path, extra_panel: str | None = None) -> pd.DataFrame:
+    """Every logged training step as a row of loss.parquet, and loss.png (plus one more metric,
+    e.g. DPO's reward margin, in a second panel)."""
+    from tops.artifacts import atomic_write_table
+
+    rows = [{k: v for k, v in entry.items() if isinstance(v, int | float)}
+            for entry in log_history if "loss" in entry]
+    curve = pd.DataFrame(rows)
+    if curve.empty:
+        curve = pd.DataFrame({"step": pd.Series(dtype="int64"), "loss": pd.Series(dtype="float64")})
+    curve = curve[["step", *[c for c in curve.columns if c != "step"]]]
+    import pyarrow as pa
+
+    atomic_write_table(pa.Table.from_pandas(curve, preserve_index=False), out_dir / "loss.parquet")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = ["loss"] + ([extra_panel] if extra_panel and extra_panel in curve.columns else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
+    for ax, column in zip(axes[0], panels, strict=True):
+        ax.plot(curve["step"], curve[column], marker="o", markersize=3)
+        ax.set_xlabel("step")
+        ax.set_ylabel(column)
+        ax.grid(alpha=0.3)
+    fig.suptitle(out_dir.name)
+    fig.tight_layout()
+    tmp = out_dir / ".loss.png.tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out_dir / "loss.png")
+    return curve
+
+
+def finish(out_dir: Path, summary: dict) -> dict:
+    """Summary, then the completion marker: a reader who sees the marker sees everything."""
+    atomic_write_text(json.dumps(summary, indent=2, default=str), out_dir / "train_summary.json")
+    atomic_write_text(time.strftime("%Y-%m-%dT%H:%M:%S") + "\n", out_dir / COMPLETE_MARKER)
+    return summary
+
+
+def train_and_save(trainer, *, base_model: str | Path, out_dir: Path, tokenizer,
+                   extra_panel: str | None = None) -> tuple[Any, pd.DataFrame | None, float]:
+    """Train (resuming from the last checkpoint), save or merge the weights, write the curve.
+    Returns the train output, the curve (main process only) and the train wall time."""
+    resume = last_checkpoint(out_dir)
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - start
+    save_model(trainer, base_model, out_dir, tokenizer)
+    curve = None
+    if trainer.accelerator.is_main_process:
+        curve = write_loss_curve(trainer.state.log_history, out_dir, extra_panel)
+    return result, curve, seconds
+
+
+def base_summary(kind: str, base_model: str | Path, out_dir: Path, cfg: TrainConfig, trainer,
+                 curve: pd.DataFrame | None, seconds: float, resumed_from: str | None) -> dict:
+    losses = curve["loss"].tolist() if curve is not None and "loss" in curve else []
+    return {
+        "kind": kind,
+        "base_model": str(base_model),
+        "out_dir": str(out_dir),
+        "lora": cfg.lora.enabled,
+        "steps": int(trainer.state.global_step),
+        "epochs": round(float(trainer.state.epoch or 0), 4),
+        "first_loss": losses[0] if losses else None,
+        "final_loss": losses[-1] if losses else None,
+        "train_seconds": round(seconds, 2),
+        "resumed_from": resumed_from,
+        "num_processes": int(trainer.accelerator.num_processes),
+        "paths": {
+            "model": str(out_dir),
+            "adapter": str(out_dir / "adapter") if cfg.lora.enabled else None,
+            "checkpoints": str(out_dir / "checkpoints"),
+            "loss_parquet": str(out_dir / "loss.parquet"),
+            "loss_png": str(out_dir / "loss.png"),
+        },
+    }
+

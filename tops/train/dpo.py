@@ -1,0 +1,96 @@
+"""`tops train dpo`: Iter-DPO on shortest-correct (chosen) vs incorrect (rejected) pairs.
+
+TRL's DPOTrainer does the work. The paper's Iter-DPO used lr 5e-7 at 32B against 1e-5 for its
+SFT stages, so without `dpo_learning_rate` the rate is the config's SFT rate / 20: it scales
+with whatever rate the config found right for its model size and for LoRA vs full weights.
+With LoRA the reference model is the base with the adapter switched off (no second copy).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from tops.artifacts import fingerprint
+from tops.config import TrainConfig
+from tops.errors import UserError
+from tops.train.common import (
+    base_summary,
+    finish,
+    last_checkpoint,
+    lora_config,
+    open_out_dir,
+    run_key,
+    train_and_save,
+    trainer_args,
+)
+from tops.train.examples import system_prompt_for
+from tops.train.sft import load_tokenizer
+
+DPO_LR_FACTOR = 1 / 20  # paper: SFT 1e-5 -> Iter-DPO 5e-7
+
+
+def dpo_learning_rate(cfg: TrainConfig) -> float:
+    return cfg.dpo_learning_rate or cfg.learning_rate * DPO_LR_FACTOR
+
+
+def preference_dataset(pairs: pd.DataFrame, cfg: TrainConfig, prompts: dict[str, str]):
+    """Pairs -> TRL conversational preference rows, under the configured system prompt."""
+    from tops.pairs import to_trl_preference
+
+    for column in ("question", "chosen", "rejected"):
+        if column not in pairs.columns:
+            raise UserError(f"pairs: column '{column}' is missing")
+    if pairs.empty:
+        raise UserError("pairs: no rows")
+    if cfg.system_prompt == "effort":
+        if "effort" not in pairs.columns:
+            raise UserError("train.system_prompt 'effort' needs an 'effort' column in the pairs")
+        systems = [system_prompt_for("effort", e, prompts) or "" for e in pairs["effort"]]
+        return to_trl_preference(pairs.assign(system_prompt=systems))
+    return to_trl_preference(pairs, system_prompt_for(cfg.system_prompt, None, prompts) or "")
+
+
+def train_dpo(pairs: pd.DataFrame, base_model: str | Path, out_dir: str | Path, cfg: TrainConfig,
+              prompts: dict[str, str], progress: bool = True, callbacks: list | None = None) -> dict:
+    """DPO-train `base_model` on question/chosen/rejected rows into `out_dir` (same layout,
+    resume and completion rules as train_sft)."""
+    from transformers.trainer_callback import PrinterCallback
+    from trl import DPOConfig, DPOTrainer
+
+    out_dir = Path(out_dir)
+    dataset = preference_dataset(pairs, cfg, prompts)
+    data_key = fingerprint([dataset["prompt"], dataset["chosen"], dataset["rejected"]])
+    lr = dpo_learning_rate(cfg)
+    epochs = cfg.dpo_epochs or cfg.epochs
+    done = open_out_dir(out_dir, run_key("dpo", base_model, cfg, data_key))
+    if done is not None:
+        return done
+
+    tokenizer = load_tokenizer(base_model)
+    args = trainer_args(DPOConfig, cfg, out_dir, learning_rate=lr, epochs=epochs, progress=progress,
+                        beta=cfg.beta, max_length=cfg.max_length)
+    trainer = DPOTrainer(model=str(base_model), args=args, train_dataset=dataset,
+                         processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=callbacks)
+    if not progress:
+        trainer.remove_callback(PrinterCallback)
+
+    resumed_from = last_checkpoint(out_dir)
+    _, curve, seconds = train_and_save(trainer, base_model=base_model, out_dir=out_dir,
+                                       tokenizer=tokenizer, extra_panel="rewards/margins")
+    summary = base_summary("dpo", base_model, out_dir, cfg, trainer, curve, seconds, resumed_from)
+    margins = curve["rewards/margins"].tolist() if curve is not None and "rewards/margins" in curve else []
+    summary.update({
+        "pairs": len(pairs),
+        "system_prompt": cfg.system_prompt,
+        "beta": cfg.beta,
+        "learning_rate": lr,
+        "dpo_epochs": epochs,
+        "first_margin": margins[0] if margins else None,
+        "final_margin": margins[-1] if margins else None,
+    })
+    if trainer.accelerator.is_main_process:
+        finish(out_dir, summary)
+    trainer.accelerator.wait_for_everyone()
+    return summary
