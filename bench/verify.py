@@ -11,6 +11,7 @@ Run: .venv/bin/python bench/verify.py
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 
@@ -103,7 +104,7 @@ def main() -> None:
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     df = build_samples()
     rows = len(df)
-    print(f"rows: {rows}")
+    print(f"rows: {rows}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     loop_s, loop_correct = plain_loop(df)
     print(f"plain math-verify loop, 1 process: {rows / loop_s:8.1f} checks/s  ({loop_s:.2f} s, {loop_correct} correct)")
     results = {}
@@ -116,14 +117,19 @@ def main() -> None:
     print(f"ratio verify_samples(2 workers) / plain loop: {loop_s / results[2]:.2f}x")
     print(f"ratio verify_samples 2 workers / 1 worker:    {results[1] / results[2]:.2f}x")
 
+    # One pathological answer in the middle of 2,000 rows; best of two runs each, since other
+    # jobs on the machine move single timings by seconds.
     cfg = VerifyConfig(workers=2)
-    bad = df.iloc[[rows // 2]].assign(response=f"So {PATHOLOGICAL}.")
-    with_bad = pd.concat([df.iloc[: rows // 2], bad, df.iloc[rows // 2 :]], ignore_index=True)
-    clean_s, _ = timed_verify(df, cfg)
-    bad_s, summary = timed_verify(with_bad, cfg)
-    print(f"one pathological answer: {bad_s - clean_s:+.2f} s wall ({clean_s:.2f} s -> {bad_s:.2f} s) "
-          f"vs timeout {cfg.timeout_s:.1f} s; statuses timeout={summary['timeout']}")
-
+    subset = df.iloc[:2000]
+    bad = subset.iloc[[1000]].assign(response=f"So {PATHOLOGICAL}.")
+    with_bad = pd.concat([subset.iloc[:1000], bad, subset.iloc[1000:]], ignore_index=True)
+    clean_s = min(timed_verify(subset, cfg)[0] for _ in range(2))
+    bad_runs = [timed_verify(with_bad, cfg) for _ in range(2)]
+    bad_s = min(seconds for seconds, _ in bad_runs)
+    print(f"one pathological answer in {len(with_bad)} rows: {bad_s - clean_s:+.2f} s wall "
+          f"({clean_s:.2f} s -> {bad_s:.2f} s) vs its timeout {cfg.timeout_s:.1f} s; "
+          f"marked timeout: {[summary['timeout'] for _, summary in bad_runs]}")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
 
 if __name__ == "__main__":
     main()

@@ -26,7 +26,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def smoke_config(tiny_model_dir):
     from tops.config import load_config
 
-    return load_config(REPO / "configs" / "smoke.yaml", [f"model.base={tiny_model_dir}"])
+    return load_config(REPO / "configs" / "smoke.yaml", [f"model.base={tiny_model_dir}", "engine.kind=vllm"])
 
 
 @pytest.fixture(scope="session")

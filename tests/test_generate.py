@@ -145,7 +145,7 @@ def test_killed_generate_resumes_without_duplicates(tmp_path, tiny_model_dir, sm
     out = tmp_path / "samples.parquet"
     cmd = [sys.executable, "-m", "tops.cli", "generate", "--config", str(REPO / "configs" / "smoke.yaml"),
            "--in", str(problems_path), "--out", str(out), "--quiet",
-           "--set", f"model.base={tiny_model_dir}", "--set", "generate.shard_size=6",
+           "--set", f"model.base={tiny_model_dir}", "--set", "engine.kind=vllm", "--set", "generate.shard_size=6",
            "--set", "generate.sampling.max_tokens=64"]
     first = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     shards = out.with_name(out.name + ".shards")

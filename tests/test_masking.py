@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tops.artifacts import to_table
+from tops.artifacts import read_artifact, to_table, write_artifact
 from tops.config import MaskConfig, load_config
 from tops.engines.base import Completion, Engine
 from tops.errors import UserError
@@ -154,7 +154,7 @@ def test_answer_comparison(stated, gold, differ):
 # ---------------------------------------------------------------- the stage's frame and summary
 
 
-def test_frame_columns_summary_and_arrow_types():
+def test_frame_columns_summary_and_arrow_types(tmp_path):
     selected = pd.DataFrame({
         "problem_id": ["a", "b", "c", "d"],
         "question": ["q"] * 4,
@@ -188,8 +188,19 @@ def test_frame_columns_summary_and_arrow_types():
                                     ("erroneous", pa.bool_())]))
     assert table.schema.field("steps").type == step_type
     assert table.schema.field("masked_chars").type == pa.int64()
-    round_trip = table.to_pandas()["steps"].iloc[1]
-    assert erroneous_spans(round_trip) == [(0, 26)]  # works on what Parquet reads back
+    write_artifact(out, tmp_path / "masked.parquet", "masked")
+    round_trip = read_artifact(tmp_path / "masked.parquet", "masked")
+    assert erroneous_spans(round_trip["steps"].iloc[1]) == [(0, 26)]  # as Parquet reads back
+
+
+def test_progress_bar_path_gives_the_same_rows(monkeypatch, capsys):
+    frame = pd.DataFrame({"response": [INLINE, MULTILINE] * 3, "answer": ["42", "97"] * 3})
+    quiet, _ = mask_responses(frame, CFG, progress=False)
+    monkeypatch.setattr("tops.masking._PROGRESS_MIN_ROWS", 1)
+    monkeypatch.setattr("tops.masking._PROGRESS_CHUNK", 4)
+    shown, _ = mask_responses(frame, CFG, progress=True)
+    pd.testing.assert_frame_equal(quiet, shown)
+    assert capsys.readouterr().out == ""  # the bar goes to stderr, stdout stays clean
 
 
 def test_empty_frame_and_missing_column():
@@ -275,7 +286,7 @@ def test_judge_mode_marks_from_named_step_to_end_of_round():
 
 def test_judge_mode_needs_a_judge_unless_disabled():
     frame = pd.DataFrame({"response": [INLINE], "answer": ["42"]})
-    with pytest.raises(ValueError, match="judge"):
+    with pytest.raises(UserError, match="no judge engine"):
         mask_responses(frame, MaskConfig(mode="judge"), progress=False)
     out, _ = mask_responses(frame, MaskConfig(mode="judge", enabled=False), progress=False)
     assert out["masked_chars"].tolist() == [0]
@@ -428,12 +439,10 @@ def test_erroneous_spans_merges_adjacent_steps():
 
 
 @pytest.fixture(scope="module")
-def tiny_tokenizer(tmp_path_factory):
+def tiny_tokenizer(tiny_model_dir):
     from transformers import AutoTokenizer
 
-    from tops.tiny import build_tiny_model
-
-    return AutoTokenizer.from_pretrained(build_tiny_model(tmp_path_factory.mktemp("tiny")))
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")

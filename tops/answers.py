@@ -15,10 +15,8 @@ THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 
 _BOX_START = re.compile(r"\\(?:boxed|fbox)\s*\{")
-# "The final answer is $5$", "Final Answer: 5", "the answer is 5", "Answer: 5", GSM8K "#### 5".
-_ANSWER_PHRASE = re.compile(
-    r"(?:final\s+answer\s*(?:is|:)|\bthe\s+answer\s+is|\banswer\s*:|####)[\s:*]*", re.IGNORECASE
-)
+# "The final answer is $5$", "Final Answer: 5", "the answer is: 5", "**Answer:** 5", "#### 5".
+_ANSWER_PHRASE = re.compile(r"(?:\banswer\s*(?:is\b|:)|####)[\s:*]*", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"\.(?:\s|$)")
 
 # Longest answer text the number parser looks at: keeps Fraction/int work bounded.
@@ -132,9 +130,14 @@ def extract_answer(response: str, answer_phrases: bool = True) -> str | None:
 
 
 def gold_answer(answer: str) -> str:
-    """The gold answer to compare against: a MATH-style solution is reduced to its last box."""
+    """The gold answer to compare against: a full solution is reduced to its last box (MATH)
+    or to what follows its last "####" (GSM8K)."""
     boxed = last_boxed(answer)
-    return boxed.strip() if boxed and boxed.strip() else answer.strip()
+    if boxed and boxed.strip():
+        return boxed.strip()
+    if "####" in answer:
+        return answer.rsplit("####", 1)[1].strip()
+    return answer.strip()
 
 
 # ---------------------------------------------------------------- normalisation
@@ -232,11 +235,11 @@ def _number_from_canonical(text: str) -> Number | None:
         numerator, denominator = (_decimal_value(g) for g in match.groups())
         return Number(numerator / denominator, None) if denominator else None
     if match := _FRAC.fullmatch(text):
-        sign, numerator, denominator = match.group(1), match.group(2) or match.group(3), match.group(4) or match.group(5)
-        den = _decimal_value(denominator)
-        if not den:
+        sign, numerator = match.group(1), match.group(2) or match.group(3)
+        denominator = _decimal_value(match.group(4) or match.group(5))
+        if not denominator:
             return None
-        value = _decimal_value(numerator) / den
+        value = _decimal_value(numerator) / denominator
         return Number(-value if sign == "-" else value, None)
     if match := _SCIENTIFIC.fullmatch(text):
         exponent = int(match.group(2) or match.group(3))
@@ -246,19 +249,24 @@ def _number_from_canonical(text: str) -> Number | None:
     return None
 
 
-def _terminates_within(value: Fraction, places: int) -> bool:
-    return (value * 10**places).denominator == 1
+def _written_to(value: Fraction, places: int) -> set[Fraction]:
+    """`value` rounded (half away from zero) and truncated to `places` decimals."""
+    scaled = abs(value) * 10**places
+    sign = -1 if value < 0 else 1
+    return {Fraction(sign * int(scaled + Fraction(1, 2)), 10**places),
+            Fraction(sign * int(scaled), 10**places)}
 
 
 def numbers_equal(a: Number, b: Number) -> bool:
     """Exact equality, with one allowance: a decimal written to 3 or more places matches an
-    exact value whose expansion does not end by then (0.333 for 1/3) when it is that value
-    rounded or truncated. Two different terminating numbers are never equal."""
+    exact value whose expansion does not end by then (0.333 or 0.3333 for 1/3, 0.667 or 0.666
+    for 2/3) when it is that value rounded or truncated. Two terminating numbers must be equal."""
     if a.value == b.value:
         return True
     for approx, exact in ((a, b), (b, a)):
         places = approx.decimals
         if places is not None and places >= 3 and exact.decimals is None:
-            if not _terminates_within(exact.value, places):
-                return abs(approx.value - exact.value) < Fraction(1, 10**places)
+            terminates = (exact.value * 10**places).denominator == 1
+            if not terminates and approx.value in _written_to(exact.value, places):
+                return True
     return False

@@ -132,9 +132,128 @@ def mask(in_path: InOpt, config: ConfigOpt = None, sets: SetOpt = None, out: Out
     typer.echo(str(path))
 
 
+@train_app.command("sft")
+def train_sft_cmd(data: Annotated[Path, typer.Option(help="selected/masked/seed artifact (question, response, effort).")],
+                  out: Annotated[Path, typer.Option(help="Output model folder.")],
+                  base: Annotated[str | None, typer.Option(help="Base model (default: model.base).")] = None,
+                  config: ConfigOpt = None, sets: SetOpt = None,
+                  kind: Annotated[str, typer.Option(help="Artifact kind of --data: selected | masked | samples.")] = "masked"):
+    """SFT with TRL: loss on assistant tokens minus erroneous-step spans; LoRA merged on save."""
+    from tops.artifacts import read_artifact
+    from tops.models import resolve_model
+    from tops.train import maybe_relaunch, train_sft
+
+    cfg = _config(config, sets)
+    if kind not in ("selected", "masked", "samples"):
+        raise UserError(f"--kind {kind!r}: expected selected, masked or samples")
+    frame = read_artifact(data, kind)
+    if maybe_relaunch(sys.argv[1:], cfg.train):
+        return
+    summary = train_sft(frame, resolve_model(base or cfg.model.base), out, cfg.train, cfg.efforts.prompts)
+    typer.echo(f"{out}: loss {summary.get('final_loss')}")
+
+
+@train_app.command("dpo")
+def train_dpo_cmd(pairs_path: Annotated[Path, typer.Option("--pairs", help="pairs artifact.")],
+                  out: Annotated[Path, typer.Option(help="Output model folder.")],
+                  base: Annotated[str | None, typer.Option(help="Base model (default: model.base).")] = None,
+                  config: ConfigOpt = None, sets: SetOpt = None):
+    """DPO with TRL on shortest-correct vs incorrect pairs."""
+    from tops.artifacts import read_artifact
+    from tops.models import resolve_model
+    from tops.train import maybe_relaunch, train_dpo
+
+    cfg = _config(config, sets)
+    frame = read_artifact(pairs_path, "pairs")
+    if maybe_relaunch(sys.argv[1:], cfg.train):
+        return
+    summary = train_dpo(frame, resolve_model(base or cfg.model.base), out, cfg.train, cfg.efforts.prompts)
+    typer.echo(f"{out}: loss {summary.get('final_loss')}")
+
+
+@app.command("eval")
+def eval_cmd(models: Annotated[list[str], typer.Option("--model", help="Model(s) to evaluate (repeatable).")],
+             config: ConfigOpt = None, sets: SetOpt = None, out: OutOpt = None,
+             train_data: Annotated[list[Path] | None, typer.Option(help="Problems artifacts used for seed/training: excluded by id, checked for n-gram overlap.")] = None,
+             quiet: QuietOpt = False):
+    """Held-out accuracy and tokens per model, effort and difficulty (Markdown table + artifact)."""
+    from tops.stages import run_eval
+
+    cfg = _config(config, sets)
+    path = _out(cfg, out, "eval")
+    typer.echo(run_eval(cfg, path, models, train_data or [], progress=not quiet))
+
+
+@app.command("seed")
+def seed_cmd(config: ConfigOpt = None, sets: SetOpt = None, out: OutOpt = None,
+             in_path: Annotated[Path | None, typer.Option("--in", help="Seed problems (default: draw from config).")] = None):
+    """Seed data: a teacher answers at every effort; keep all-correct problems, re-order by length,
+    keep wide length gaps."""
+    from tops.stages import run_seed
+
+    cfg = _config(config, sets)
+    path = _out(cfg, out, "seed")
+    run_seed(cfg, path, problems_path=in_path)
+    typer.echo(str(path))
+
+
+@app.command("run")
+def run_cmd(config: ConfigOpt = None, sets: SetOpt = None):
+    """Run the whole TOPS loop as a Prefect flow (reruns reuse every finished stage)."""
+    _run_flow(config, sets)
+
+
+@app.command("demo")
+def demo_cmd(sets: SetOpt = None):
+    """The whole loop on the embedded default (SmolLM2-135M-Instruct, arith) on this machine."""
+    candidates = [Path("configs/demo.yaml"), Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"]
+    config = next((c for c in candidates if c.exists()), None)
+    if config is None:
+        raise UserError("configs/demo.yaml not found: run `tops demo` from the tops checkout")
+    _run_flow(config, sets)
+
+
+def _run_flow(config: Path | None, sets: list[str] | None) -> None:
+    from flows.tops_flow import run
+
+    _config(config, sets)  # fail fast, before Prefect starts
+    result = run(str(config) if config else None, list(sets or []))
+    report = Path(result["report"])
+    typer.echo(report.read_text())
+    typer.echo(f"\nrun folder: {result['run_dir']}\nreport: {report}")
+
+
+@app.command("serve")
+def serve_cmd(config: ConfigOpt = None, sets: SetOpt = None,
+              cron: Annotated[str, typer.Option(help="Cron schedule, e.g. '0 3 * * *'.")] = "0 3 * * *",
+              name: Annotated[str | None, typer.Option(help="Deployment name (default: run.name).")] = None):
+    """Register a scheduled deployment of the loop and serve it (Ctrl-C to stop)."""
+    from flows.deploy import serve
+
+    cfg = _config(config, sets)
+    serve(str(config) if config else None, list(sets or []), cron=cron, name=name or cfg.run.name)
+
+
+@app.command("export")
+def export(run: Annotated[str, typer.Option("--run", help="Run folder, or a run name under data/runs.")],
+           repo_id: Annotated[str, typer.Option("--repo-id", help="Hub dataset repo: ORG/NAME.")],
+           private: Annotated[bool, typer.Option("--private/--public", help="Visibility of a newly created repo.")] = True,
+           local_dir: Annotated[Path | None, typer.Option("--local-dir", help="Write the files that would be uploaded here instead.")] = None,
+           dry_run: Annotated[bool, typer.Option("--dry-run", help="List the files and sizes; write and upload nothing.")] = False,
+           license_id: Annotated[str, typer.Option("--license", help="License id for the dataset card.")] = "apache-2.0"):
+    """Export a run's datasets (samples, sft, dpo, eval configs + dataset card) to the Hugging Face Hub."""
+    from tops.hub import export_run, format_result
+
+    result = export_run(run, repo_id, private=private, local_dir=local_dir, dry_run=dry_run,
+                        license=license_id)
+    typer.echo(format_result(result))
+
+
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The ephemeral Prefect server can take longer than its default 20 s on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     try:
         app(args=argv, prog_name="tops", standalone_mode=False)
     except UserError as exc:

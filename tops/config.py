@@ -165,11 +165,64 @@ class ProblemsConfig(Strict):
 # ---------------------------------------------------------------- stages
 
 
+class _DepthControlBase(Strict):
+    # End-of-thinking marker. None: the model has no thinking block and its end of sequence
+    # ends the thinking (plain instruct models). See tops/depth.py.
+    delimiter: str | None = "</think>"
+    wait: str = Field("Wait", min_length=1)  # the string appended to make the model go on
+
+
+class BudgetForcingConfig(_DepthControlBase):
+    """s1 budget forcing: at least `min_continuations` "Wait"s when the model tries to end its
+    thinking; at `max_thinking_tokens` the thinking is closed with delimiter + answer_prefix."""
+
+    kind: Literal["budget"] = "budget"
+    min_continuations: int = Field(0, ge=0)
+    max_thinking_tokens: int | None = Field(None, ge=1)
+    answer_prefix: str = "\n\nFinal Answer:"
+
+    @model_validator(mode="after")
+    def _does_something(self) -> BudgetForcingConfig:
+        if self.min_continuations == 0 and self.max_thinking_tokens is None:
+            raise ValueError("budget forcing needs min_continuations > 0 or max_thinking_tokens")
+        if self.max_thinking_tokens is not None and not (self.delimiter or self.answer_prefix):
+            raise ValueError("closing the thinking at max_thinking_tokens needs a delimiter or an answer_prefix")
+        return self
+
+
+class AlphaOneConfig(_DepthControlBase):
+    """AlphaOne: "Wait" after paragraph breaks with probability 1 - t/(alpha*n_think) before the
+    alpha moment; after it, a "Wait" the model writes becomes delimiter + answer_prefix."""
+
+    kind: Literal["alphaone"] = "alphaone"
+    alpha: float = Field(1.4, gt=0)
+    n_think: int | None = Field(None, ge=1)  # None: mean thinking tokens of a pilot run
+    paragraph_breaks: list[str] = Field(default_factory=lambda: ["\n\n"], min_length=1)
+    wait_words: list[str] = Field(default_factory=lambda: ["Wait"], min_length=1)  # replaced after it
+    answer_prefix: str = ""
+    seed: int = 0  # the Bernoulli draws
+
+    @model_validator(mode="after")
+    def _can_close(self) -> AlphaOneConfig:
+        if not (self.delimiter or self.answer_prefix):
+            raise ValueError("alphaone needs a delimiter or an answer_prefix to end the thinking with")
+        if not all(self.paragraph_breaks) or not all(self.wait_words):
+            raise ValueError("paragraph_breaks and wait_words must be non-empty strings")
+        if self.delimiter in self.paragraph_breaks or self.delimiter in self.wait_words:
+            raise ValueError("the delimiter cannot also be a paragraph break or a wait word")
+        return self
+
+
+DepthControlConfig = Annotated[BudgetForcingConfig | AlphaOneConfig, Field(discriminator="kind")]
+
+
 class GenerateConfig(Strict):
     efforts: list[str] = Field(default_factory=lambda: list(EFFORT_ORDER))
     n_samples: int = Field(1, ge=1)
     shard_size: int = Field(256, ge=1)  # (problem, effort) prompts per resumable shard
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    # Effort name -> depth control applied when sampling that effort (tops/depth.py).
+    depth: dict[str, DepthControlConfig] = Field(default_factory=dict)
 
 
 class VerifyConfig(Strict):
@@ -217,9 +270,10 @@ class MaskConfig(Strict):
         r"(?P<answer>\$[^$\n]{1,80}\$|-?[\d\\][\w\\^/.,{}()+\-]{0,60})",
     ])
     # These end a round only when a reflection cue follows: otherwise every "= N" of the
-    # working would end a round and correct intermediate results would be masked.
+    # working would end a round and correct intermediate results would be masked. Possessive
+    # quantifiers (*+) keep them from backtracking at each "= N".
     weak_answer_patterns: list[str] = Field(default_factory=lambda: [
-        r"=\s*\$?(?P<answer>-?\d[\d,]*(?:\.\d+)?)\$?",
+        r"=\s*+\$?(?P<answer>-?\d[\d,]*+(?:\.\d+)?+)\$?",
     ])
     # A reflection cue: the words that open a re-check after a (possibly wrong) answer. The
     # reflection clause it starts is kept even when the round it opens is masked.
@@ -321,6 +375,46 @@ class EvalConfig(Strict):
     sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.7))
 
 
+class SeedConfig(Strict):
+    # "arith": the arith domain's programmatic teacher; anything else: a model (alias, folder or
+    # Hub id) answering under the three effort prompts through `seed.engine`.
+    teacher: str = "arith"
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    samples_per_effort: int = Field(1, ge=1)
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(max_tokens=4096))
+    min_gap_tokens: int = Field(300, ge=0)  # paper: 300 tokens between neighbouring efforts
+
+
+TRAIN_STAGES = ("tag", "tops", "random", "iter_sft", "iter_dpo")
+
+
+class FlowConfig(Strict):
+    seed_problems: int = Field(60, ge=1)
+    train_problems: int = Field(120, ge=1)
+    iter_problems: int = Field(60, ge=1)
+    iterations: int = Field(1, ge=0)
+    iter_method: Literal["sft", "dpo"] = "sft"
+    iter_samples: int = Field(4, ge=1)  # paper: 8 responses per problem
+    random_baseline: bool = True
+    # Per-stage training overrides on top of `train` (paper: tag lr 1e-5 x3 epochs, TOPS 1e-5
+    # x2, Iter-SFT 1e-6 x1, Iter-DPO 5e-7 x3), keyed by TRAIN_STAGES.
+    train_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    runner: Literal["thread", "ray"] = "thread"
+    ray_address: str | None = None  # None: start a local Ray instance
+    generate_shards: int = Field(1, ge=1)  # generation split into this many mapped tasks
+    gpus_per_shard: float = Field(0, ge=0)
+    retries: int = Field(1, ge=0)
+    retry_delay_s: float = Field(5, ge=0)
+
+    @field_validator("train_overrides")
+    @classmethod
+    def _known_stages(cls, overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for stage in overrides:
+            if stage not in TRAIN_STAGES:
+                raise ValueError(f"unknown training stage '{stage}' (known: {', '.join(TRAIN_STAGES)})")
+        return overrides
+
+
 class TopsConfig(Strict):
     run: RunConfig = Field(default_factory=RunConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -334,6 +428,8 @@ class TopsConfig(Strict):
     mask: MaskConfig = Field(default_factory=MaskConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    seed: SeedConfig = Field(default_factory=SeedConfig)
+    flow: FlowConfig = Field(default_factory=FlowConfig)
 
     @model_validator(mode="after")
     def _efforts_known(self) -> TopsConfig:
@@ -345,7 +441,22 @@ class TopsConfig(Strict):
                     raise ValueError(f"{where}: unknown effort '{name}' (known: {', '.join(sorted(known))})")
         if self.train.system_prompt not in known | {"effort"}:
             raise ValueError(f"train.system_prompt: unknown effort '{self.train.system_prompt}'")
+        for name in self.generate.depth:
+            if name not in known:
+                raise ValueError(f"generate.depth: unknown effort '{name}' (known: {', '.join(sorted(known))})")
+        for stage in self.flow.train_overrides:
+            try:
+                self.train_config(stage)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                loc = ".".join(str(p) for p in err["loc"])
+                raise ValueError(f"flow.train_overrides.{stage}.{loc}: {err['msg']}") from None
         return self
+
+    def train_config(self, stage: str) -> TrainConfig:
+        """`train` with the stage's overrides from flow.train_overrides applied."""
+        merged = {**self.train.model_dump(), **self.flow.train_overrides.get(stage, {})}
+        return TrainConfig.model_validate(merged)
 
 
 # ---------------------------------------------------------------- loading

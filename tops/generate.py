@@ -7,6 +7,7 @@ again redoes only the unfinished shard and never duplicates a row.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from tops.artifacts import ShardedOutput, fingerprint
 from tops.config import GenerateConfig
+from tops.depth import generate_with_depth
 from tops.engines import Engine, Request
 from tops.errors import UserError
 
@@ -47,6 +49,9 @@ def _shard_rows(problems: pd.DataFrame, requests: list[Request], completions, mo
                 "response": completion.text,
                 "n_tokens": completion.n_tokens,
                 "finish_reason": completion.finish_reason,
+                "depth_control": completion.depth_control,
+                "n_injected": completion.n_injected,
+                "injected": json.dumps(list(completion.injected)),  # JSON list of the appended strings
                 "model": model_name,
             })
     return pd.DataFrame(rows)
@@ -77,6 +82,9 @@ def generate_samples(
     requests = build_requests(problems, cfg.efforts, prompts)
     settings = {"model": model_name, "n": cfg.n_samples, "sampling": cfg.sampling.model_dump(),
                 "prompts": {e: prompts[e] for e in cfg.efforts}}
+    depth = {e: cfg.depth[e] for e in cfg.efforts if e in cfg.depth}
+    if depth:  # only when set, so shards of runs without depth controls keep their keys
+        settings["depth"] = {e: c.model_dump() for e, c in depth.items()}
     shards = [requests[i:i + cfg.shard_size] for i in range(0, len(requests), cfg.shard_size)]
     plan = []
     for index, shard in enumerate(shards):
@@ -93,7 +101,7 @@ def generate_samples(
             if output.is_done(index, key):
                 bar.advance(task, len(shard))
                 continue
-            completions = engine.generate(shard, cfg.n_samples, cfg.sampling)
+            completions = generate_with_depth(engine, shard, cfg.n_samples, cfg.sampling, depth)
             frame = _shard_rows(problems, shard, completions, model_name)
             output.write(index, key, frame)
             generated_tokens += int(frame["n_tokens"].sum())

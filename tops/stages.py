@@ -125,3 +125,71 @@ def run_mask(cfg: TopsConfig, in_path: Path, out: Path, judge=None, progress: bo
                  rows=len(masked), seconds=clock["seconds"], summary=summary)
     _print_summary("mask", summary)
     return summary
+
+
+def run_seed(cfg: TopsConfig, out: Path, problems_path: Path | None = None,
+             base_model: str | None = None) -> dict:
+    """Seed data from the configured teacher, with the paper's rules (tops.seed)."""
+    from tops.domains import load_problems
+    from tops.models import load_tokenizer, resolve_model
+    from tops.seed import apply_seed_rules, engine_responses, programmatic_responses
+
+    problems = (read_artifact(problems_path, "problems") if problems_path
+                else load_problems(cfg.problems, n=cfg.flow.seed_problems))
+    tokenizer = load_tokenizer(base_model or resolve_model(cfg.model.base))
+    with timed() as clock:
+        if cfg.seed.teacher == "arith":
+            responses = programmatic_responses(problems)
+        else:
+            from tops.engines import make_engine
+
+            engine = make_engine(resolve_model(cfg.seed.teacher), cfg.seed.engine)
+            try:
+                responses = engine_responses(problems, engine, cfg.seed, cfg.efforts.prompts, out.parent, cfg.verify)
+            finally:
+                engine.close()
+        seed, summary = apply_seed_rules(responses, tokenizer, cfg.seed.min_gap_tokens)
+        write_artifact(seed, out, "samples")
+    record_stage(out, "seed", config=config_section(cfg, "seed"),
+                 inputs={"problems": problems_path} if problems_path else None,
+                 rows=len(seed), seconds=clock["seconds"], summary=summary)
+    _print_summary("seed", summary)
+    return summary
+
+
+EVAL_SEED_OFFSET = 7919  # held-out problems are drawn with a seed no training split uses
+
+
+def run_eval(cfg: TopsConfig, out: Path, models: list[str], train_problems: list[Path],
+             progress: bool = True) -> str:
+    """Evaluate models on held-out problems; returns the Markdown table."""
+    from tops.domains import load_problems
+    from tops.engines import make_engine
+    from tops.evaluate import contamination, evaluate_model, markdown_table
+    from tops.models import resolve_model
+
+    used = [read_artifact(p, "problems") for p in train_problems]
+    used_ids = set().union(*(set(u["problem_id"]) for u in used)) if used else set()
+    problems = load_problems(cfg.problems, n=cfg.eval.n_problems, seed=cfg.run.seed + EVAL_SEED_OFFSET,
+                             exclude=used_ids)
+    resolved = [resolve_model(m) for m in models]  # every name checked before any engine starts
+    frames = []
+    with timed() as clock:
+        for name, model in zip(models, resolved, strict=True):
+            engine = make_engine(model, cfg.engine)
+            try:
+                frames.append(evaluate_model(problems, engine, Path(name).name, cfg.eval.efforts, cfg.eval.seeds,
+                                             cfg.eval.sampling, cfg.efforts.prompts, cfg.verify, out.parent,
+                                             progress=progress))
+            finally:
+                engine.close()
+        evals = pd.concat(frames, ignore_index=True)
+        write_artifact(evals, out, "eval")
+    table = markdown_table(evals)
+    flagged = contamination(problems, [q for u in used for q in u["question"]]) if used else []
+    summary = {"models": models, "problems": len(problems), "contaminated": len(flagged)}
+    record_stage(out, "eval", config=config_section(cfg, "eval"), rows=len(evals), seconds=clock["seconds"],
+                 summary=summary)
+    out.with_suffix(".md").write_text(table + "\n")
+    return table + f"\n\ncontamination: {len(flagged)} of {len(problems)} held-out questions share a word " \
+                   "8-gram with a training question"

@@ -95,7 +95,6 @@ def _worker_main(conn: Connection) -> None:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout is disabled": we know
-    math_verify_equal("1", "1")  # pay sympy's first-use cost before any deadline starts
     conn.send("ready")
     while (chunk := conn.recv()) is not None:
         for job_id, gold, pred in chunk:
@@ -107,8 +106,9 @@ def _worker_main(conn: Connection) -> None:
 
 
 def _context() -> mp.context.BaseContext:
-    """forkserver where available: fork-safe with a threaded caller, and a killed worker is
-    replaced in milliseconds because the server has math-verify imported already."""
+    """forkserver where available: safe with a threaded caller, and a killed worker is replaced
+    without importing sympy again because the server has math-verify imported already. (Each
+    worker still re-imports the caller's main script, as under spawn: keep it light.)"""
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(["math_verify", "tops.verify"])

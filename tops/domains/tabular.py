@@ -63,7 +63,7 @@ def _read_hf(source) -> pd.DataFrame:
     return data.to_pandas()
 
 
-def load_table_problems(source, n: int, seed: int) -> pd.DataFrame:
+def load_table_problems(source, n: int, seed: int, exclude=frozenset()) -> pd.DataFrame:
     raw = _read_file(Path(source.path)) if source.kind == "file" else _read_hf(source)
     cols = source.columns
     where = str(source.path)
@@ -87,7 +87,8 @@ def load_table_problems(source, n: int, seed: int) -> pd.DataFrame:
         "answer": answers,
         "difficulty": raw[cols.difficulty].astype(str).to_numpy() if cols.difficulty else None,
     })
-    problems = problems.drop_duplicates("problem_id").reset_index(drop=True)
+    problems = problems.drop_duplicates("problem_id")
+    problems = problems[~problems["problem_id"].isin(exclude)].reset_index(drop=True)
     if n < len(problems):
         problems = problems.sample(n=n, random_state=seed).reset_index(drop=True)
     return problems

@@ -18,6 +18,10 @@ class Completion:
     n_tokens: int  # counted with the generating model's tokenizer
     finish_reason: str  # "stop" (EOS or a stop string) or "length"
     stop_reason: str | None = None  # the stop string that ended it, when one did
+    # Depth controls (tops/depth.py): which one shaped it, and the strings it appended.
+    depth_control: str = "none"
+    n_injected: int = 0
+    injected: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,199 @@
+"""The TOPS loop as a Prefect flow, end to end on the smoke profile (tiny model, real engines,
+real trainers, real Prefect server from prefect_test_harness)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tops.artifacts import read_artifact
+from tops.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "configs" / "smoke.yaml"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture(scope="module")
+def run_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("runs")
+
+
+def _overrides(root: Path, tiny_model_dir: Path, *extra: str) -> list[str]:
+    return [f"run.root={root}", f"model.base={tiny_model_dir}", *extra]
+
+
+def _run(overrides: list[str]):
+    """Run the flow; return (result, {task_run_name: state_name})."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.tops_flow import tops_loop
+
+    state = tops_loop(config=str(SMOKE), overrides=overrides, return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    flow_run_id = state.state_details.flow_run_id
+
+    async def task_states():
+        async with get_client() as client:
+            runs = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            return {run.name: run.state.name for run in runs}
+
+    import anyio
+
+    return result, anyio.run(task_states)
+
+
+@pytest.fixture(scope="module")
+def first_run(harness, run_root, tiny_model_dir):
+    return _run(_overrides(run_root, tiny_model_dir))
+
+
+EXPECTED = {
+    "problems/seed.parquet": "problems", "problems/train.parquet": "problems",
+    "problems/iter1.parquet": "problems", "problems/eval.parquet": "problems",
+    "seed.parquet": "samples", "samples.parquet": "samples", "verified.parquet": "verified",
+    "selected.parquet": "selected", "masked.parquet": "masked", "masked_random.parquet": "masked",
+    "iter1/verified.parquet": "verified", "iter1/masked.parquet": "masked", "eval.parquet": "eval",
+}
+
+
+def test_smoke_flow_produces_every_artifact(first_run, run_root):
+    result, states = first_run
+    run_dir = Path(result["run_dir"])
+    for name, kind in EXPECTED.items():
+        frame = read_artifact(run_dir / name, kind)
+        assert len(frame) > 0, name
+    for model in ("tag", "tops", "random", "iter1"):
+        folder = run_dir / "models" / model
+        assert (folder / "config.json").exists() and (folder / ".tops-complete").exists(), model
+    samples = read_artifact(run_dir / "samples.parquet", "samples")
+    assert len(samples) == 12 * 3 * 4 and set(samples["effort"]) == {"low", "medium", "high"}
+    evals = read_artifact(run_dir / "eval.parquet", "eval")
+    assert set(evals["model"]) == {"base", "tag", "tops", "random", "iter1"}
+    assert set(evals[evals["model"] == "tag"]["effort"]) == {"low", "medium", "high"}
+    # held out: no eval problem was used for seed data or training
+    used = pd.concat([read_artifact(run_dir / f"problems/{s}.parquet", "problems") for s in ("seed", "train", "iter1")])
+    assert not set(evals["problem_id"]) & set(used["problem_id"])
+    report = (run_dir / "report.md").read_text()
+    assert "| tops | none |" in report and (run_dir / "accuracy_vs_tokens.png").stat().st_size > 0
+    assert (run_dir / "effort_shares.png").exists()
+    assert all(state == "Completed" for state in states.values()), states
+
+
+def test_second_run_hits_every_cache(first_run, run_root, tiny_model_dir):
+    result, states = _run(_overrides(run_root, tiny_model_dir))
+    assert states and all(state == "Cached" for state in states.values()), states
+    assert result["lineage"] == first_run[0]["lineage"]
+
+
+def test_changed_policy_reruns_select_and_downstream_only(first_run, run_root, tiny_model_dir):
+    _, states = _run(_overrides(run_root, tiny_model_dir, "select.policy=random"))
+    upstream = ["problems-seed", "problems-train", "problems-iter1", "problems-eval", "seed", "train-tag",
+                "generate", "verify", "select-random", "mask-random", "train-random", "eval-base", "eval-tag"]
+    for name in upstream:
+        assert states[name] == "Cached", (name, states)
+    for name in ["select-tops", "mask-tops", "train-tops", "eval-tops"]:
+        assert states[name] == "Completed", (name, states)
+
+
+def test_deleted_artifact_is_rebuilt(first_run, run_root, tiny_model_dir):
+    lineage = first_run[0]["lineage"]
+    Path(lineage["verified.parquet"]).unlink()
+    _, states = _run(_overrides(run_root, tiny_model_dir))
+    assert states["verify"] == "Completed" and states["generate"] == "Cached"
+
+
+def test_serve_registers_a_scheduled_deployment(harness):
+    from prefect import get_client
+
+    from flows.deploy import register
+
+    deployment_id = register(str(SMOKE), ["flow.iterations=0"], cron="0 3 * * *", name="smoke-nightly")
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_deployment(deployment_id)
+
+    import anyio
+
+    deployment = anyio.run(read)
+    assert deployment.name == "smoke-nightly"
+    assert [s.schedule.cron for s in deployment.schedules] == ["0 3 * * *"]
+    assert deployment.parameters == {"config": str(SMOKE), "overrides": ["flow.iterations=0"]}
+
+
+def test_killed_flow_resumes_with_the_same_rows(tmp_path, tiny_model_dir):
+    """Kill a real `tops run` while it generates; rerunning finishes with every row once."""
+    overrides = _overrides(tmp_path, tiny_model_dir, "flow.iterations=0", "flow.random_baseline=false",
+                           "generate.shard_size=4", "eval.n_problems=3", "eval.seeds=[0]")
+    cmd = [sys.executable, "-m", "tops.cli", "run", "--config", str(SMOKE)]
+    for item in overrides:
+        cmd += ["--set", item]
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    first = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+    stages = tmp_path / "smoke" / "stages"
+    deadline = time.time() + 600
+    while time.time() < deadline and not any(stages.glob("generate-*.parquet.shards/shard-*.parquet")):
+        assert first.poll() is None, first.stderr.read().decode()[-3000:]
+        time.sleep(0.1)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert not (tmp_path / "smoke" / "samples.parquet").exists()
+
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stderr[-3000:]
+    samples = read_artifact(tmp_path / "smoke" / "samples.parquet", "samples")
+    assert len(samples) == 12 * 3 * 4
+    assert not samples.duplicated(["problem_id", "effort", "sample_idx"]).any()
+    assert "| tops | none |" in second.stdout
+
+
+def test_bad_config_fails_before_any_work(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "tops.cli", "run", "--config", str(SMOKE),
+                             "--set", f"run.root={tmp_path}", "--set", "flow.iter_method=ppo"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "flow.iter_method" in result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_ray_runner_maps_generation_shards(harness, tmp_path, tiny_model_dir):
+    """Distributed sampling: shards mapped over prefect-ray's RayTaskRunner on a local Ray."""
+    from prefect import flow
+
+    from flows.tops_flow import Loop, _problems, _sample, task_runner_for
+
+    cfg = load_config(SMOKE, _overrides(tmp_path, tiny_model_dir, "flow.runner=ray", "flow.generate_shards=2",
+                                        "generate.n_samples=1"))
+    runner = task_runner_for(cfg)
+    assert runner.__class__.__name__ == "RayTaskRunner"
+
+    @flow(task_runner=runner)
+    def sample_only():
+        loop = Loop(cfg)
+        problems = _problems(loop, "train", 6, 0, [])
+        return _sample(loop, "generate", str(tiny_model_dir), problems, cfg.generate)
+
+    samples = read_artifact(sample_only(), "samples")
+    assert len(samples) == 6 * 3 and not samples.duplicated(["problem_id", "effort", "sample_idx"]).any()
+    shards = sorted(Path(tmp_path / "smoke" / "stages").glob("generate-shard*-*.parquet"))
+    assert len(shards) == 2
