@@ -2,8 +2,10 @@
 
 Builds ~5,000 synthetic responses (integers, thousands separators, fractions in several
 spellings, decimals, LaTeX expressions, wrong and missing answers, thinking blocks), then prints
-checks/s for the plain loop, for verify_samples with 1 and 2 workers, the ratio to the loop,
-and the wall time one pathological answer adds to a batch next to its timeout.
+checks/s for the plain loop, the one-off start-up of the worker server, checks/s for
+verify_samples with 1 and 2 workers, the ratios, and the wall time one pathological answer adds
+to a batch next to its timeout. The machine's load average is printed too: timings taken beside
+other jobs move by seconds.
 
 Run: .venv/bin/python bench/verify.py
 """
@@ -107,6 +109,8 @@ def main() -> None:
     print(f"rows: {rows}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     loop_s, loop_correct = plain_loop(df)
     print(f"plain math-verify loop, 1 process: {rows / loop_s:8.1f} checks/s  ({loop_s:.2f} s, {loop_correct} correct)")
+    startup_s, _ = timed_verify(df.iloc[:10], VerifyConfig(workers=2))
+    print(f"first verify_samples call in a process (starts the worker server), 10 rows: {startup_s:.2f} s")
     results = {}
     for workers in (1, 2):
         seconds, summary = timed_verify(df, VerifyConfig(workers=workers))
@@ -130,6 +134,7 @@ def main() -> None:
           f"({clean_s:.2f} s -> {bad_s:.2f} s) vs its timeout {cfg.timeout_s:.1f} s; "
           f"marked timeout: {[summary['timeout'] for _, summary in bad_runs]}")
     print(f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+
 
 if __name__ == "__main__":
     main()

@@ -177,6 +177,7 @@ class Loop:
         self.dir = cfg.run.dir
         self.stages = self.dir / "stages"
         self.lineage: dict[str, str] = {}
+        self.notes: list[str] = []
         self.results = Path(self.dir / CACHE_DIR)
 
     def call(self, fn, name: str, section: dict, inputs: dict[str, str], *, folder: bool = False,
@@ -257,13 +258,16 @@ def _problems(loop: Loop, name: str, n: int, seed: int, exclude: list[str]) -> s
     return path
 
 
-def _train(loop: Loop, stage: str, method: str, data: str, data_kind: str, base: str) -> str:
+def _train(loop: Loop, stage: str, method: str, data: str, data_kind: str, base: str,
+           label: str | None = None) -> str:
+    """Train one model; `stage` picks the training overrides, `label` names the model."""
     cfg = loop.cfg
+    label = label or stage
     section = {"train": train_config_for(cfg, stage).model_dump(mode="json"), "method": method,
                "prompts": cfg.efforts.prompts}
-    path = loop.call(train_task, f"train-{stage}", section, {"data": data, "base": base}, folder=True,
+    path = loop.call(train_task, f"train-{label}", section, {"data": data, "base": base}, folder=True,
                      cfg=cfg, stage=stage, method=method, data=data, data_kind=data_kind, base_model=base)
-    loop.publish(f"models/{stage}", path)
+    loop.publish(f"models/{label}", path)
     return path
 
 
@@ -337,16 +341,23 @@ def run_loop(cfg: TopsConfig) -> dict:
         it_verified = loop.call(verify_task, f"verify-{it}", config_section(cfg, "verify"), {"samples": it_samples},
                                 cfg=cfg, samples=it_samples)
         loop.publish(f"{it}/verified.parquet", it_verified)
-        if f.iter_method == "dpo":
+        correct = read_artifact(it_verified, "verified").groupby("problem_id")["correct"]
+        usable = correct.any() & ~correct.all() if f.iter_method == "dpo" else correct.any()
+        if not usable.any():
+            # Nothing to learn from: keep the model rather than fail a long run at its end.
+            loop.notes.append(f"{it}: no problem gave {'a preference pair' if f.iter_method == 'dpo' else 'a correct response'}; "
+                              "the model was left unchanged")
+            get_run_logger().warning(loop.notes[-1])
+            loop.publish(f"models/{it}", latest)
+        elif f.iter_method == "dpo":
             pairs = loop.call(pairs_task, f"pairs-{it}", config_section(cfg, "pairs"), {"verified": it_verified},
                               cfg=cfg, verified=it_verified)
             loop.publish(f"{it}/pairs.parquet", pairs)
-            latest = _train(loop, "iter_dpo", "dpo", pairs, "pairs", latest)
+            latest = _train(loop, "iter_dpo", "dpo", pairs, "pairs", latest, label=it)
         else:
-            it_selected, it_masked = _improve(loop, it_verified, None, "shortest", it)
+            _, it_masked = _improve(loop, it_verified, None, "shortest", it)
             loop.publish(f"{it}/masked.parquet", it_masked)
-            latest = _train(loop, "iter_sft", "sft", it_masked, "masked", latest)
-        loop.publish(f"models/{it}", latest)
+            latest = _train(loop, "iter_sft", "sft", it_masked, "masked", latest, label=it)
         models[it] = (latest, ["none"])
 
     # 9. evaluate every model on held-out problems
@@ -373,7 +384,7 @@ def _report(loop: Loop, evals: pd.DataFrame, order: list[str], selected: str, ev
     train_questions = [q for p in used for q in read_artifact(p, "problems")["question"]]
     contaminated = contamination(read_artifact(eval_problems, "problems"), train_questions)
     notes = [f"held-out problems: {evals['problem_id'].nunique()}, none shares an id with seed/training "
-             f"problems; {len(contaminated)} share a word 8-gram with a training question"]
+             f"problems; {len(contaminated)} share a word 8-gram with a training question", *loop.notes]
     path = write_report(loop.dir, evals, read_artifact(selected, "selected"), order, notes)
     try:
         from prefect.artifacts import create_markdown_artifact

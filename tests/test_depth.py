@@ -263,7 +263,7 @@ def test_depth_config_from_yaml_and_overrides(tmp_path):
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    ("generate.depth.ultra.kind=budget", "unknown effort 'ultra'"),
+    ("generate.depth.ultra.kind=alphaone", "unknown effort 'ultra'"),
     ("generate.depth.low.kind=slow", "generate.depth.low"),
     ("generate.depth.low.kind=budget", "min_continuations > 0 or max_thinking_tokens"),
     ("generate.depth.low.kind=alphaone", None),
@@ -317,7 +317,7 @@ def _assert_min_rule(samples, cfg, cap):
 
 
 def test_tiny_min_budget_gives_n_continuations(hf_engine):
-    cfg = BudgetForcingConfig(delimiter="3", min_continuations=2)
+    cfg = BudgetForcingConfig(delimiter="l", min_continuations=2)
     out = generate_controlled(hf_engine, _tiny_requests(), 2, SamplingConfig(max_tokens=48), [cfg] * 3)
     _assert_min_rule([s for row in out for s in row], cfg, 48)
 
@@ -345,7 +345,7 @@ def test_tiny_max_budget_never_exceeded_before_the_answer(hf_engine):
 
 
 def test_tiny_min_and_max_budget_together(hf_engine):
-    cfg = BudgetForcingConfig(delimiter="3", min_continuations=4, max_thinking_tokens=14, answer_prefix=" A:")
+    cfg = BudgetForcingConfig(delimiter="l", min_continuations=4, max_thinking_tokens=14, answer_prefix=" A:")
     out = generate_controlled(hf_engine, _tiny_requests(), 2, SamplingConfig(max_tokens=32), [cfg] * 3)
     _assert_max_rule([s for row in out for s in row], cfg, 32, hf_engine)
 
@@ -368,7 +368,7 @@ def _assert_alphaone_rule(samples, cfg):
 
 def test_tiny_alphaone_no_wait_after_the_alpha_moment(hf_engine):
     # test-only paragraph breaks and wait words the tiny model writes often; N_think from a pilot
-    cfg = AlphaOneConfig(alpha=1.0, paragraph_breaks=["3", "6"], wait_words=["Wait", "4", "9"])
+    cfg = AlphaOneConfig(alpha=0.5, paragraph_breaks=["l", "h"], wait_words=["Wait", "e", "n"])
     out = generate_controlled(hf_engine, _tiny_requests(), 2, SamplingConfig(max_tokens=40), [cfg] * 3)
     samples = [s for row in out for s in row]
     _assert_alphaone_rule(samples, cfg)
@@ -383,13 +383,14 @@ def test_vllm_rules_and_generate_samples_columns(tmp_path, vllm_engine, smoke_co
     from tops.generate import generate_samples
 
     budget = BudgetForcingConfig(max_thinking_tokens=10, answer_prefix=" Final Answer:")
-    alpha = AlphaOneConfig(alpha=1.0, n_think=12, paragraph_breaks=["3", "6"], wait_words=["Wait", "4", "9"])
+    alpha = AlphaOneConfig(alpha=1.0, n_think=16, paragraph_breaks=["l", "h"], wait_words=["Wait", "e", "n"])
     reqs = _tiny_requests(2)
     out = generate_controlled(vllm_engine, reqs + reqs, 2, SamplingConfig(max_tokens=32), [budget] * 2 + [alpha] * 2)
     _assert_max_rule([s for row in out[:2] for s in row], budget, 32, vllm_engine)
     _assert_alphaone_rule([s for row in out[2:] for s in row], alpha)
 
-    gen = smoke_config.generate.model_copy(update={"depth": {"medium": budget, "high": alpha}})
+    gen = GenerateConfig(efforts=["low", "medium", "high"], n_samples=2, sampling=SamplingConfig(max_tokens=32),
+                         depth={"medium": budget, "high": alpha})
     problems = load_problems(smoke_config.problems, n=3)
     path = tmp_path / "samples.parquet"
     samples, summary = generate_samples(problems, vllm_engine, gen, smoke_config.efforts.prompts, path,

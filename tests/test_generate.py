@@ -30,7 +30,7 @@ def test_vllm_generate_writes_valid_samples(tmp_path, vllm_engine, smoke_config)
     samples, summary = generate_samples(problems, vllm_engine, smoke_config.generate,
                                         smoke_config.efforts.prompts, out, model_name="tiny", progress=False)
     back = read_artifact(out, "samples")
-    assert len(back) == 4 * 3 * 2 == summary["rows"]
+    assert len(back) == 4 * 3 * smoke_config.generate.n_samples == summary["rows"]
     assert not back.duplicated(["problem_id", "effort", "sample_idx"]).any()
     assert set(back["effort"]) == {"low", "medium", "high"}
     assert back["n_tokens"].between(1, 32).all()
@@ -74,7 +74,7 @@ def test_run_generate_records_manifest(tmp_path, vllm_engine, smoke_config):
     import json
 
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["stages"]["samples"]["rows"] == summary["rows"] == 12
+    assert manifest["stages"]["samples"]["rows"] == summary["rows"] == 2 * 3 * smoke_config.generate.n_samples
     assert manifest["stages"]["samples"]["inputs"]["problems"]["path"] == str(problems_path)
 
 
@@ -161,8 +161,9 @@ def test_killed_generate_resumes_without_duplicates(tmp_path, tiny_model_dir, sm
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-2000:]
     samples = read_artifact(out, "samples")
-    assert len(samples) == 24 * 3 * 2
+    assert len(samples) == 24 * 3 * smoke_config.generate.n_samples
     assert not samples.duplicated(["problem_id", "effort", "sample_idx"]).any()
-    expected = pd.MultiIndex.from_product([problems["problem_id"], ["low", "medium", "high"], [0, 1]])
+    expected = pd.MultiIndex.from_product([problems["problem_id"], ["low", "medium", "high"],
+                                           range(smoke_config.generate.n_samples)])
     assert set(map(tuple, samples[["problem_id", "effort", "sample_idx"]].to_numpy())) == set(expected)
     assert not shards.exists()

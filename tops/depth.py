@@ -29,7 +29,10 @@ Rules
   is cut and replaced by delimiter + answer_prefix. A delimiter written before the alpha
   moment ends the thinking normally.
 - `sampling.max_tokens` caps the whole response (thinking, injected strings, answer), as
-  without a control; `sampling.stop` strings end the sample as usual.
+  without a control: a "Wait" is only appended with room for it and one more token, and a
+  close that does not fit ends the sample as "length". `sampling.stop` strings end the
+  sample as usual. A stop string is honoured at its first occurrence even where the engine
+  missed it (inside a piece, or spanning two pieces after a cut at a token limit).
 
 Token counting, two units on purpose:
 - Thinking budgets and the alpha moment are in tokens of the thinking TEXT: every appended
@@ -236,11 +239,14 @@ class _Controller:
         seq.think_end = len(seq.response)
         if self._over_budget(seq):
             natural = False
-        seq.phase = ANSWER
         if natural:  # the engine's count of the piece already holds it where it counts stops
+            seq.phase = ANSWER
             self.add(seq, seq.control.delimiter, self.count.one(seq.control.delimiter),
                      thinking=False, generated=0)
+        elif seq.total + self.count.one(_close_string(seq.control)) > seq.cap:
+            seq.phase, seq.finish, seq.stop_reason = DONE, "length", None  # no room to close
         else:
+            seq.phase = ANSWER
             self.inject(seq, _close_string(seq.control), kind)
 
     def can_continue(self, seq: _Seq) -> bool:
@@ -265,16 +271,27 @@ class _Controller:
 
     # ------------------------------------------------------------ one generated piece
 
-    def straddle(self, seq: _Seq, text: str, stop: str | None, finish: str):
-        """A control stop spanning the previous response and this piece, which the engine
-        cannot see (it matches stops in new text only): cut there and treat it as that stop.
-        Only after a piece cut at a token limit; other boundaries are the controller's own."""
+    def normalize(self, seq: _Seq, text: str, stop: str | None, finish: str):
+        """Make a piece end at its first stop string, as the protocol says it should.
+
+        - A stop inside the text: an engine that matched a later stop or none (the transformers
+          engine picks stop strings in list order and only matches them at token ends).
+        - A stop string spanning the previous response and this piece, which an engine cannot
+          see (it matches stops in new text only); only after a piece cut at a token limit, as
+          other boundaries are the controller's own. The response is cut back to it.
+        Either way the piece then ends at that stop.
+        """
+        stops = set(seq.stops) | set(self.user_stops)
+        found = [(text.find(s), s) for s in stops if s in text]
+        if found:
+            pos, s = min(found)
+            text, stop, finish = text[:pos], s, "stop"
         if not seq.cut:
             return text, stop, finish
         start = len(seq.response)
         joined = seq.response + text
         best = None
-        for s in seq.stops:
+        for s in stops:
             if len(s) < 2:
                 continue
             pos = joined.find(s, max(0, start - len(s) + 1))
@@ -283,6 +300,8 @@ class _Controller:
         if best is None:
             return text, stop, finish
         seq.response = joined[:best[0]]  # token counts keep the cut chars (over-counting is safe)
+        if seq.alpha_index is not None:
+            seq.alpha_index = min(seq.alpha_index, len(seq.response))
         return "", best[1], "stop"
 
     def apply(self, seq: _Seq, segment: str, stop: str | None, finish: str, n_tokens: int,
@@ -313,8 +332,10 @@ class _Controller:
         elif restored:  # AlphaOne paragraph break before the alpha moment
             if seq.t < seq.alpha_moment:
                 p_wait = 1.0 - seq.t / seq.alpha_moment
-                if seq.rng.random() < p_wait:
-                    self.inject(seq, _wait_text(seq), "wait")
+                wait = _wait_text(seq)
+                # drawn whatever the room, so the draws do not depend on the cap
+                if seq.rng.random() < p_wait and seq.total + self.count.one(wait) < seq.cap:
+                    self.inject(seq, wait, "wait")
         else:  # AlphaOne: a wait word after the alpha moment becomes the end of thinking
             self.end_thinking(seq, natural=False, kind="replace")
 
@@ -417,11 +438,12 @@ def generate_controlled(engine: Engine, requests: list[Request], n: int, samplin
         normalized = []
         for seq, c in pieces:
             seq.fresh = False
-            text, stop, finish = ctl.straddle(seq, c.text, c.stop_reason, c.finish_reason)
+            text, stop, finish = ctl.normalize(seq, c.text, c.stop_reason, c.finish_reason)
             # a paragraph break (AlphaOne, before the alpha moment) stays in the response
             restore = (stop if seq.alpha is not None and stop in seq.alpha.paragraph_breaks
                        and stop in seq.stops else "")
-            normalized.append((seq, text + restore, stop, finish, c.n_tokens, restore))
+            generated = min(c.n_tokens, seq.asked)  # an engine that re-tokenizes may say more
+            normalized.append((seq, text + restore, stop, finish, generated, restore))
         counts = ctl.count.many([segment for _, segment, *_ in normalized])
         for (seq, segment, stop, finish, n_tokens, restore), k in zip(normalized, counts, strict=True):
             ctl.apply(seq, segment, stop, finish, n_tokens, k, restore)

@@ -17,7 +17,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,26 @@ def maybe_relaunch(argv: Sequence[str], cfg: TrainConfig) -> bool:
 
 
 # ---------------------------------------------------------------- trainer pieces
+
+
+@contextmanager
+def progress_bars(enabled: bool) -> Iterator[None]:
+    """Silence the datasets / transformers bars (map, weight loading) when progress is off."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    before = (datasets.is_progress_bar_enabled(), hf_logging.is_progress_bar_enabled())
+    if not enabled:
+        datasets.disable_progress_bars()
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if not enabled:
+            if before[0]:
+                datasets.enable_progress_bars()
+            if before[1]:
+                hf_logging.enable_progress_bar()
 
 
 def uses_cpu() -> bool:

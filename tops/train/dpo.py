@@ -21,6 +21,7 @@ from tops.train.common import (
     last_checkpoint,
     lora_config,
     open_out_dir,
+    progress_bars,
     run_key,
     train_and_save,
     trainer_args,
@@ -42,6 +43,8 @@ def preference_dataset(pairs: pd.DataFrame, cfg: TrainConfig, prompts: dict[str,
     for column in ("question", "chosen", "rejected"):
         if column not in pairs.columns:
             raise UserError(f"pairs: column '{column}' is missing")
+        if pairs[column].isna().any():
+            raise UserError(f"pairs: column '{column}' has missing values")
     if pairs.empty:
         raise UserError("pairs: no rows")
     if cfg.system_prompt == "effort":
@@ -56,14 +59,17 @@ def train_dpo(pairs: pd.DataFrame, base_model: str | Path, out_dir: str | Path, 
               prompts: dict[str, str], progress: bool = True, callbacks: list | None = None) -> dict:
     """DPO-train `base_model` on question/chosen/rejected rows into `out_dir` (same layout,
     resume and completion rules as train_sft)."""
+    with progress_bars(progress):
+        return _train_dpo(pairs, base_model, Path(out_dir), cfg, prompts, progress, callbacks)
+
+
+def _train_dpo(pairs, base_model, out_dir: Path, cfg: TrainConfig, prompts, progress, callbacks) -> dict:
     from transformers.trainer_callback import PrinterCallback
     from trl import DPOConfig, DPOTrainer
 
-    out_dir = Path(out_dir)
     dataset = preference_dataset(pairs, cfg, prompts)
+    lr, epochs = dpo_learning_rate(cfg), cfg.dpo_epochs or cfg.epochs
     data_key = fingerprint([dataset["prompt"], dataset["chosen"], dataset["rejected"]])
-    lr = dpo_learning_rate(cfg)
-    epochs = cfg.dpo_epochs or cfg.epochs
     done = open_out_dir(out_dir, run_key("dpo", base_model, cfg, data_key))
     if done is not None:
         return done
@@ -75,7 +81,6 @@ def train_dpo(pairs: pd.DataFrame, base_model: str | Path, out_dir: str | Path, 
                          processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=callbacks)
     if not progress:
         trainer.remove_callback(PrinterCallback)
-
     resumed_from = last_checkpoint(out_dir)
     _, curve, seconds = train_and_save(trainer, base_model=base_model, out_dir=out_dir,
                                        tokenizer=tokenizer, extra_panel="rewards/margins")

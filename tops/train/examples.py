@@ -17,8 +17,10 @@ import numpy as np
 import pandas as pd
 
 from tops.errors import UserError
+from tops.masking import erroneous_spans, token_loss_mask
 
 IGNORE = -100
+_CHUNK = 512  # texts tokenized per call
 
 
 def system_prompt_for(mode: str, effort: str | None, prompts: Mapping[str, str]) -> str | None:
@@ -80,14 +82,13 @@ def build_sft_examples(data: pd.DataFrame, tokenizer, system_mode: str,
     for column in ("question", "response") + (("effort",) if system_mode == "effort" else ()):
         if column not in data.columns:
             raise UserError(f"training data: column '{column}' is missing")
+        if data[column].isna().any():
+            raise UserError(f"training data: column '{column}' has missing values")
     if data.empty:
         raise UserError("training data: no rows")
     if not getattr(tokenizer, "chat_template", None):
         raise UserError("the base model's tokenizer has no chat template")
     has_steps = "steps" in data.columns
-    if has_steps:
-        from tops.masking import erroneous_spans, token_loss_mask
-
     texts, starts, spans = [], [], []
     efforts = data["effort"].tolist() if "effort" in data.columns else [None] * len(data)
     for i, (question, response, effort) in enumerate(
@@ -101,35 +102,46 @@ def build_sft_examples(data: pd.DataFrame, tokenizer, system_mode: str,
         starts.append(_response_start(full, prompt, response, bool(row_spans), data, i))
         spans.append(row_spans)
 
-    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
     out = SFTExamples()
     empty = []
-    for i, (ids, offsets) in enumerate(zip(encoded["input_ids"], encoded["offset_mapping"], strict=True)):
-        offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
-        trainable = offsets[:, 0] >= starts[i]
-        if spans[i]:
-            erroneous = np.asarray(token_loss_mask(offsets, spans[i], shift=starts[i]), dtype=bool)
-        else:
-            erroneous = np.zeros(len(ids), dtype=bool)
-        labels = np.where(trainable & ~erroneous, np.asarray(ids), IGNORE)
-        if len(ids) > max_length:
-            out.truncated += 1
-            ids, labels = ids[:max_length], labels[:max_length]
-            trainable, erroneous = trainable[:max_length], erroneous[:max_length]
-        n_trainable = int((labels[1:] != IGNORE).sum())  # the first token is never predicted
-        if n_trainable == 0:
-            reason = ("every response token is in an erroneous step" if trainable[1:].any()
-                      else f"the prompt fills max_length={max_length}")
-            empty.append(f"{_row_name(data, i)}: {reason}")
-        out.input_ids.append(list(ids))
-        out.labels.append(labels.tolist())
-        out.trainable_tokens += n_trainable
-        out.masked_tokens += int((trainable & erroneous).sum())
+    for first in range(0, len(texts), _CHUNK):  # offsets of a whole large set would not fit in memory
+        encoded = tokenizer(texts[first:first + _CHUNK], add_special_tokens=False, return_offsets_mapping=True)
+        for i, (ids, offsets) in enumerate(zip(encoded["input_ids"], encoded["offset_mapping"], strict=True),
+                                           start=first):
+            problem = _label_one(out, ids, offsets, starts[i], spans[i], max_length)
+            if problem:
+                empty.append(f"{_row_name(data, i)}: {problem}")
     if empty:
         more = f" (and {len(empty) - 3} more)" if len(empty) > 3 else ""
         raise UserError(f"{len(empty)} training example(s) have no trainable token: "
                         f"{'; '.join(empty[:3])}{more}")
     return out
+
+
+def _label_one(out: SFTExamples, ids: list[int], offsets, start: int, spans: list[tuple[int, int]],
+               max_length: int) -> str | None:
+    """Append one example's ids and labels to `out`; the reason it has no trainable token, if so."""
+    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    trainable = offsets[:, 0] >= start
+    if spans:
+        erroneous = np.asarray(token_loss_mask(offsets, spans, shift=start), dtype=bool)
+    else:
+        erroneous = np.zeros(len(ids), dtype=bool)
+    labels = np.where(trainable & ~erroneous, np.asarray(ids), IGNORE)
+    if len(ids) > max_length:
+        out.truncated += 1
+        ids, labels = ids[:max_length], labels[:max_length]
+        trainable, erroneous = trainable[:max_length], erroneous[:max_length]
+    n_trainable = int((labels[1:] != IGNORE).sum())  # the first token is never predicted
+    out.input_ids.append(list(ids))
+    out.labels.append(labels.tolist())
+    out.trainable_tokens += n_trainable
+    out.masked_tokens += int((trainable & erroneous).sum())
+    if n_trainable:
+        return None
+    if trainable[1:].any():
+        return "every response token is in an erroneous step"
+    return f"the prompt fills max_length={max_length}"
 
 
 def _response_start(full: str, prompt: str, response: str, needs_exact: bool,

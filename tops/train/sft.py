@@ -4,13 +4,16 @@ The two differ only in data and system prompt (TrainConfig.system_prompt "effort
 Examples reach TRL's SFTTrainer pre-tokenized with their labels (tops.train.examples), so the
 loss skips prompts and erroneous steps; TRL runs the training loop.
 
-Batching keeps padding a small share of the compute, chosen by attention kernel (measured on
-CPU with SmolLM2-135M, see bench/train_sft.py):
-- flash attention: padding-free batches, each batch's sequences flattened into one row.
-- SDPA / eager (CPU, or GPUs without flash attention): padding-free or packed rows carry a
-  block-diagonal mask whose cost grows with the square of the *row* length (8 x 128 tokens
-  flattened ran 1.5x slower than the same tokens as a padded batch), so batches stay padded
-  and are drawn from length-sorted groups (`group_by_length`), which leaves little padding.
+Batching keeps padding a small share of the compute; which way depends on the attention kernel
+(measured on CPU with SmolLM2-135M and the tiny model, see bench/train_sft.py):
+- flash attention: padding-free batches, each batch's sequences flattened into one row that
+  the varlen kernel attends per sequence.
+- SDPA / eager (CPU, or GPUs without flash attention): a flattened or packed row carries a
+  block-diagonal mask over the whole row, so attention grows with the square of the row:
+  TRL's packing ran 3x slower than padded batches on the tiny model and ran out of 24 GiB
+  with SmolLM2 (8 rows of 1024 tokens flattened). So batches stay padded, and are cut from
+  the examples sorted by length, in shuffled order (`LengthBucketSampler`): padding falls
+  from ~25% (random batches) to a few percent.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from tops.train.common import (
     last_checkpoint,
     lora_config,
     open_out_dir,
+    progress_bars,
     run_key,
     train_and_save,
     trainer_args,
@@ -48,21 +52,70 @@ def batching_for(cfg: TrainConfig) -> str:
 
 def sft_trainer_kwargs(cfg: TrainConfig) -> dict:
     """SFTConfig arguments that depend on the batching strategy."""
-    batching = batching_for(cfg)
+    padding_free = batching_for(cfg) == "padding_free"
     return {
         "packing": False,
-        "padding_free": batching == "padding_free",
+        "padding_free": padding_free,
         # examples arrive truncated; TRL refuses max_length with padding-free and no packing
-        "max_length": None if batching == "padding_free" else cfg.max_length,
-        "train_sampling_strategy": "group_by_length" if batching == "length_grouped" else "random",
+        "max_length": None if padding_free else cfg.max_length,
     }
 
 
+class LengthBucketSampler:
+    """Batches of near-equal length in random order: each epoch sorts the examples by length
+    (ties broken at random), cuts consecutive runs of `batch_size`, and shuffles the runs (a
+    short run goes last, so the DataLoader's batches stay aligned with the runs).
+
+    transformers' group_by_length sorts only within random mega-batches of at most 50 batches
+    (a quarter of the data on small sets), which left 11% padding on 96 examples. Seeded by
+    epoch through `set_epoch`, which the Trainer calls, so a resumed run sees the same batches.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = np.lexsort((rng.random(len(self.lengths)), self.lengths))
+        runs = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        short = [runs.pop()] if len(runs[-1]) < self.batch_size else []
+        runs = [runs[r] for r in rng.permutation(len(runs))] + short
+        return iter([int(i) for run in runs for i in run])
+
+
+def _trainer_class():
+    from trl import SFTTrainer
+
+    class TopsSFTTrainer(SFTTrainer):
+        """SFTTrainer drawing length-bucketed batches when `bucket_lengths` is set."""
+
+        bucket_lengths: list[int] | None = None
+
+        def _get_train_sampler(self, train_dataset=None):
+            if self.bucket_lengths is None:
+                return super()._get_train_sampler(train_dataset)
+            return LengthBucketSampler(self.bucket_lengths, self.args.per_device_train_batch_size,
+                                       self.args.seed)
+
+    return TopsSFTTrainer
+
+
 def examples_key(examples: SFTExamples) -> str:
+    """Content key of the tokenized examples (ids and labels, so masks count too)."""
     digest = hashlib.sha256()
-    for column in (examples.input_ids, examples.labels):
-        digest.update(np.asarray([len(x) for x in column], dtype=np.int64).tobytes())
-        digest.update(np.concatenate([np.asarray(x, dtype=np.int64) for x in column]).tobytes())
+    for ids, labels in zip(examples.input_ids, examples.labels, strict=True):
+        digest.update(np.asarray(ids, dtype=np.int64).tobytes())
+        digest.update(np.asarray(labels, dtype=np.int64).tobytes())
+        digest.update(b"|")
     return digest.hexdigest()[:16]
 
 
@@ -81,7 +134,7 @@ def build_sft_trainer(data: pd.DataFrame, base_model: str | Path, out_dir: Path,
     tests and benchmarks can look inside the very trainer the command uses."""
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     tokenizer = load_tokenizer(base_model)
     examples = build_sft_examples(data, tokenizer, cfg.system_prompt, prompts, cfg.max_length)
@@ -91,8 +144,11 @@ def build_sft_trainer(data: pd.DataFrame, base_model: str | Path, out_dir: Path,
     dataset = Dataset.from_dict({"input_ids": examples.input_ids, "labels": examples.labels})
     args = trainer_args(SFTConfig, cfg, out_dir, learning_rate=cfg.learning_rate, epochs=cfg.epochs,
                         progress=progress, **sft_trainer_kwargs(cfg))
-    trainer = SFTTrainer(model=str(base_model), args=args, train_dataset=dataset,
-                         processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=callbacks)
+    trainer = _trainer_class()(model=str(base_model), args=args, train_dataset=dataset,
+                               processing_class=tokenizer, peft_config=lora_config(cfg),
+                               callbacks=callbacks)
+    if batching_for(cfg) == "length_grouped":
+        trainer.bucket_lengths = [len(ids) for ids in examples.input_ids]
     if not progress:
         trainer.remove_callback(PrinterCallback)
     # Set after __init__: TRL refuses a custom collator when padding-free.
@@ -107,7 +163,11 @@ def train_sft(data: pd.DataFrame, base_model: str | Path, out_dir: str | Path, c
     Rerunning resumes from the last checkpoint, or returns the summary of a finished folder.
     Raises UserError, before training, for a row with no trainable token.
     """
-    out_dir = Path(out_dir)
+    with progress_bars(progress):
+        return _train_sft(data, base_model, Path(out_dir), cfg, prompts, progress, callbacks)
+
+
+def _train_sft(data, base_model, out_dir: Path, cfg: TrainConfig, prompts, progress, callbacks) -> dict:
     trainer, examples, done = build_sft_trainer(data, base_model, out_dir, cfg, prompts, progress, callbacks)
     if done is not None:
         return done
