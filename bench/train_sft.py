@@ -28,7 +28,7 @@ import pandas as pd
 
 from tops.config import DEFAULT_EFFORT_PROMPTS, TrainConfig
 from tops.train import train_sft
-from tops.train.common import CountingCollator, lora_config, trainer_args
+from tops.train.common import lora_config, trainer_args
 from tops.train.examples import chat_messages, system_prompt_for
 
 
@@ -63,6 +63,21 @@ def build_data(n: int, seed: int = 0) -> pd.DataFrame:
         rows.append({"problem_id": f"p{i}", "question": f"What is {a} + {b}?", "effort": effort,
                      "response": addition_response(a, b, effort)})
     return pd.DataFrame(rows)
+
+
+class CountingCollator:
+    """Counts real tokens against padded positions of every batch collated. Exact for whole
+    epochs (the bench has no max_steps): accelerate looks one batch ahead, so a run stopped
+    mid-epoch would count one batch it never trained on."""
+
+    def __init__(self, inner):
+        self.inner, self.real, self.positions = inner, 0, 0
+
+    def __call__(self, examples: list[dict]) -> dict:
+        batch = self.inner(examples)
+        self.real += sum(len(e["input_ids"]) for e in examples)
+        self.positions += int(batch["input_ids"].numel())
+        return batch
 
 
 def plain_trl(data: pd.DataFrame, model: str, cfg: TrainConfig, out: Path, packing: bool) -> dict:

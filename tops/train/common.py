@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -143,6 +143,7 @@ def trainer_args(config_cls, cfg: TrainConfig, out_dir: Path, *, learning_rate: 
         data_seed=cfg.seed,
         use_cpu=uses_cpu(),
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # every trainable weight is used; True costs a graph walk
         report_to="none",
         disable_tqdm=not progress,
         **extra,
@@ -157,30 +158,6 @@ def lora_config(cfg: TrainConfig):
 
     return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
-
-
-class CountingCollator:
-    """Wraps the trainer's collator to count real tokens against computed positions, so the
-    summary reports the padding share and real-token throughput of the batches trained on."""
-
-    def __init__(self, inner: Callable):
-        self.inner = inner
-        self.real = 0
-        self.positions = 0
-
-    def __call__(self, examples: list[dict]) -> dict:
-        batch = self.inner(examples)
-        self.real += sum(len(e["input_ids"]) for e in examples)
-        self.positions += int(batch["input_ids"].numel())
-        return batch
-
-    def totals(self, accelerator) -> tuple[int, int]:
-        """(real tokens, positions) summed over all processes."""
-        import torch
-
-        counts = torch.tensor([self.real, self.positions], dtype=torch.int64, device=accelerator.device)
-        counts = accelerator.reduce(counts, reduction="sum")
-        return int(counts[0]), int(counts[1])
 
 
 # ---------------------------------------------------------------- output folder
@@ -285,11 +262,14 @@ def write_loss_curve(log_history: list[dict], out_dir: Path, extra_panel: str | 
     return curve
 
 
-def finish(out_dir: Path, summary: dict) -> dict:
-    """Summary, then the completion marker: a reader who sees the marker sees everything."""
-    atomic_write_text(json.dumps(summary, indent=2, default=str), out_dir / "train_summary.json")
-    atomic_write_text(time.strftime("%Y-%m-%dT%H:%M:%S") + "\n", out_dir / COMPLETE_MARKER)
-    return summary
+def finish(trainer, out_dir: Path, summary: dict) -> dict:
+    """Summary, then the completion marker: a reader who sees the marker sees everything.
+    The main process writes; every process returns the written summary."""
+    if trainer.accelerator.is_main_process:
+        atomic_write_text(json.dumps(summary, indent=2, default=str), out_dir / "train_summary.json")
+        atomic_write_text(time.strftime("%Y-%m-%dT%H:%M:%S") + "\n", out_dir / COMPLETE_MARKER)
+    trainer.accelerator.wait_for_everyone()
+    return json.loads((out_dir / "train_summary.json").read_text())
 
 
 def train_and_save(trainer, *, base_model: str | Path, out_dir: Path, tokenizer,

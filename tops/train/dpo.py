@@ -95,7 +95,4 @@ def _train_dpo(pairs, base_model, out_dir: Path, cfg: TrainConfig, prompts, prog
         "first_margin": margins[0] if margins else None,
         "final_margin": margins[-1] if margins else None,
     })
-    if trainer.accelerator.is_main_process:
-        finish(out_dir, summary)
-    trainer.accelerator.wait_for_everyone()
-    return summary
+    return finish(trainer, out_dir, summary)

@@ -26,7 +26,6 @@ import pandas as pd
 
 from tops.config import TrainConfig
 from tops.train.common import (
-    CountingCollator,
     base_summary,
     finish,
     last_checkpoint,
@@ -96,15 +95,32 @@ def _trainer_class():
     from trl import SFTTrainer
 
     class TopsSFTTrainer(SFTTrainer):
-        """SFTTrainer drawing length-bucketed batches when `bucket_lengths` is set."""
+        """SFTTrainer drawing length-bucketed batches when `bucket_lengths` is set, and counting
+        the real tokens and positions of the batches it trains on (padding share, tokens/s)."""
 
         bucket_lengths: list[int] | None = None
+        real_tokens = 0
+        positions = 0
 
         def _get_train_sampler(self, train_dataset=None):
             if self.bucket_lengths is None:
                 return super()._get_train_sampler(train_dataset)
             return LengthBucketSampler(self.bucket_lengths, self.args.per_device_train_batch_size,
                                        self.args.seed)
+
+        def training_step(self, model, inputs, *args, **kwargs):
+            mask = inputs.get("attention_mask")  # absent when padding-free: no padding at all
+            self.positions += inputs["input_ids"].numel()
+            self.real_tokens += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+            return super().training_step(model, inputs, *args, **kwargs)
+
+        def token_totals(self) -> tuple[int, int]:
+            """(real tokens, positions) trained on, summed over all processes."""
+            import torch
+
+            counts = torch.tensor([self.real_tokens, self.positions], device=self.accelerator.device)
+            counts = self.accelerator.reduce(counts, reduction="sum")
+            return int(counts[0]), int(counts[1])
 
     return TopsSFTTrainer
 
@@ -151,8 +167,6 @@ def build_sft_trainer(data: pd.DataFrame, base_model: str | Path, out_dir: Path,
         trainer.bucket_lengths = [len(ids) for ids in examples.input_ids]
     if not progress:
         trainer.remove_callback(PrinterCallback)
-    # Set after __init__: TRL refuses a custom collator when padding-free.
-    trainer.data_collator = CountingCollator(trainer.data_collator)
     return trainer, examples, None
 
 
@@ -174,7 +188,7 @@ def _train_sft(data, base_model, out_dir: Path, cfg: TrainConfig, prompts, progr
     resumed_from = last_checkpoint(out_dir)
     _, curve, seconds = train_and_save(trainer, base_model=base_model, out_dir=out_dir,
                                        tokenizer=trainer.processing_class)
-    real, positions = trainer.data_collator.totals(trainer.accelerator)
+    real, positions = trainer.token_totals()
     summary = base_summary("sft", base_model, out_dir, cfg, trainer, curve, seconds, resumed_from)
     summary.update({
         "examples": len(examples),
@@ -188,7 +202,4 @@ def _train_sft(data, base_model, out_dir: Path, cfg: TrainConfig, prompts, progr
         "padding_share": round(1 - real / positions, 4) if positions else 0.0,
         "train_tokens_per_s": round(real / seconds, 1) if seconds > 0 else None,
     })
-    if trainer.accelerator.is_main_process:
-        finish(out_dir, summary)
-    trainer.accelerator.wait_for_everyone()
-    return summary
+    return finish(trainer, out_dir, summary)
