@@ -6,7 +6,8 @@ settings. Contenders:
   in random order); the script a user would write.
 - tops: `train_sft` as the CLI runs it (pre-tokenized labels, length-grouped batches on CPU).
 - (--with-packing) plain TRL with packing=True (best-fit packing, padding-free rows): TRL's
-  own low-padding option, to show what it costs under SDPA attention on CPU.
+  own low-padding option, to show what it costs under SDPA attention on CPU. Tiny model only:
+  with SmolLM2 the block-diagonal masks of 8 x 1024-token rows exhausted 24 GiB.
 Each is run --rounds times, alternating, and the median kept (the machine is shared and
 noisy). Figures: real (non-padding) tokens per second of `trainer.train()`, the ratio
 tops / plain (goal >= 0.95) and the padding share of the batches trained on (goal < 5%).

@@ -72,7 +72,7 @@ EXPECTED = {
     "problems/iter1.parquet": "problems", "problems/eval.parquet": "problems",
     "seed.parquet": "samples", "samples.parquet": "samples", "verified.parquet": "verified",
     "selected.parquet": "selected", "masked.parquet": "masked", "masked_random.parquet": "masked",
-    "iter1/verified.parquet": "verified", "iter1/masked.parquet": "masked", "eval.parquet": "eval",
+    "iter1/verified.parquet": "verified", "eval.parquet": "eval",
 }
 
 
@@ -94,6 +94,14 @@ def test_smoke_flow_produces_every_artifact(first_run, run_root):
     used = pd.concat([read_artifact(run_dir / f"problems/{s}.parquet", "problems") for s in ("seed", "train", "iter1")])
     assert not set(evals["problem_id"]) & set(used["problem_id"])
     report = (run_dir / "report.md").read_text()
+    # Iteration 1 trains on its shortest-correct responses, or says it had none and keeps the model.
+    iter_verified = read_artifact(run_dir / "iter1/verified.parquet", "verified")
+    if iter_verified["correct"].any():
+        assert read_artifact(run_dir / "iter1/masked.parquet", "masked")["problem_id"].is_unique
+        assert (run_dir / "models/iter1").resolve() != (run_dir / "models/tops").resolve()
+    else:
+        assert "iter1: no problem gave a correct response" in report
+        assert (run_dir / "models/iter1").resolve() == (run_dir / "models/tops").resolve()
     assert "| tops | none |" in report and (run_dir / "accuracy_vs_tokens.png").stat().st_size > 0
     assert (run_dir / "effort_shares.png").exists()
     assert all(state == "Completed" for state in states.values()), states

@@ -209,6 +209,30 @@ def test_rerun_returns_the_finished_run_and_refuses_other_inputs(lora_run, tiny_
         train_sft(sft_rows(10), tiny_model_dir, out, tiny_cfg(), PROMPTS, progress=False)
 
 
+def test_run_key_keeps_the_effective_batch_only():
+    from tops.train.common import run_key
+
+    def key(**kw):
+        return run_key("sft", "m", tiny_cfg(**kw), "data")
+
+    assert key(batch_size=4, grad_accum=2) == key(batch_size=8, grad_accum=1)  # out-of-memory retry
+    assert key(batch_size=4) != key(batch_size=8)
+    assert key(logging_steps=3) == key(logging_steps=7)
+    assert key(learning_rate=1e-4) != key()
+
+
+def test_a_run_that_died_before_its_first_checkpoint_is_taken_over(tmp_path):
+    from tops.train.common import KEY_FILE, open_out_dir
+
+    out = tmp_path / "run"
+    assert open_out_dir(out, "a") is None
+    assert open_out_dir(out, "b") is None  # nothing to resume: the new run takes the folder
+    assert json.loads((out / "checkpoints" / KEY_FILE).read_text()) == {"key": "b"}
+    (out / "checkpoints" / "checkpoint-5").mkdir()
+    with pytest.raises(UserError, match="other data or settings"):
+        open_out_dir(out, "c")
+
+
 @pytest.mark.slow
 def test_lora_merge_gives_the_adapter_models_logits(lora_run, tiny_model_dir):
     import torch
@@ -335,7 +359,8 @@ def test_length_buckets_cut_sorted_runs_in_shuffled_order():
     batches = [[lengths[i] for i in first[k:k + 8]] for k in range(0, 203, 8)]
     padded = sum(len(b) * max(b) for b in batches)
     assert 1 - sum(lengths) / padded < 0.05
-    assert [max(b) for b in batches] != sorted(max(b) for b in batches)  # not longest-first
+    maxima = [max(b) for b in batches[:-1]]  # the last one is the short run
+    assert maxima[0] == max(maxima) and maxima != sorted(maxima, reverse=True)  # longest first, then shuffled
     assert list(sampler) == first  # same epoch, same order: resume sees the same batches
     sampler.set_epoch(1)
     assert list(sampler) != first

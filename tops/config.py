@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
+                      model_validator)
 
 from tops.errors import UserError
 
@@ -112,9 +113,20 @@ class EffortsConfig(Strict):
 
 
 class ArithLevel(Strict):
-    digits: int = Field(ge=1, le=12)
+    # Digits of every operand, or one entry per operand (e.g. [2, 1] for "47 + 5").
+    digits: Annotated[int, Field(ge=1, le=12)] | list[Annotated[int, Field(ge=1, le=12)]]
     operands: int = Field(2, ge=2, le=6)
     ops: list[Literal["+", "-", "*"]] = Field(default_factory=lambda: ["+"])
+
+    @model_validator(mode="after")
+    def _digits_per_operand(self) -> ArithLevel:
+        if isinstance(self.digits, list) and len(self.digits) != self.operands:
+            raise ValueError(f"digits lists {len(self.digits)} operands but operands is {self.operands}")
+        return self
+
+    @property
+    def digits_per_operand(self) -> list[int]:
+        return self.digits if isinstance(self.digits, list) else [self.digits] * self.operands
 
 
 def _default_levels() -> dict[str, ArithLevel]:
@@ -153,7 +165,17 @@ class FileSource(Strict):
     answer_format: Literal["auto", "gsm8k", "boxed", "plain"] = "auto"
 
 
-SourceConfig = Annotated[ArithSource | HFSource | FileSource, Field(discriminator="kind")]
+def _source_kind(value: Any) -> str | None:
+    """`kind` picks the source class; a source without one is the default arith world."""
+    if isinstance(value, dict):
+        return value.get("kind", "arith")
+    return getattr(value, "kind", None)
+
+
+SourceConfig = Annotated[
+    Annotated[ArithSource, Tag("arith")] | Annotated[HFSource, Tag("hf")] | Annotated[FileSource, Tag("file")],
+    Discriminator(_source_kind),
+]
 
 
 class ProblemsConfig(Strict):
@@ -488,7 +510,8 @@ def parse_overrides(overrides: list[str] | None) -> list[tuple[str, Any]]:
 
 def format_validation_error(exc: ValidationError, source: str) -> str:
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+    loc = ".".join(str(p) for p in err["loc"]
+                   if not str(p).startswith(("function-after", "constrained-", "list[", "int")))
     msg = err["msg"].removeprefix("Value error, ")
     extra = f" (got {err['input']!r})" if err["type"] not in ("missing", "extra_forbidden",
                                                               "value_error") else ""

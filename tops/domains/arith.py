@@ -23,8 +23,7 @@ def problem_id_for(question: str) -> str:
 
 
 def _operands(level: ArithLevel, rng: random.Random) -> list[int]:
-    low = 0 if level.digits == 1 else 10 ** (level.digits - 1)
-    return [rng.randint(low, 10**level.digits - 1) for _ in range(level.operands)]
+    return [rng.randint(0 if d == 1 else 10 ** (d - 1), 10**d - 1) for d in level.digits_per_operand]
 
 
 def make_problem(level_name: str, level: ArithLevel, rng: random.Random) -> dict:

@@ -23,15 +23,19 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
-from tops.artifacts import atomic_write_text, fingerprint
+from tops.artifacts import atomic_write_table, atomic_write_text, fingerprint
 from tops.config import TrainConfig
 from tops.errors import UserError
 from tops.models import COMPLETE_MARKER
 
 KEY_FILE = "run_key.json"
-# Settings that change how a run is watched or launched, not what it learns.
-_NOT_IN_KEY = ("logging_steps", "save_steps", "num_processes", "accelerate_config")
+# Settings that change how a run is watched or launched, not what it learns. The batch enters
+# the key as its effective size only, so a retry with half the micro-batch and twice the
+# accumulation (the flow's out-of-memory retry) resumes the same run.
+_NOT_IN_KEY = ("logging_steps", "save_steps", "num_processes", "accelerate_config",
+               "batch_size", "grad_accum")
 
 
 # ---------------------------------------------------------------- processes
@@ -168,17 +172,24 @@ def run_key(kind: str, base_model: str | Path, cfg: TrainConfig, data_key: str,
     """Identity of a training run: what it learns from and how. A rerun with the same key
     resumes or returns the finished folder; a different key never reuses its checkpoints."""
     settings = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _NOT_IN_KEY}
+    settings["effective_batch"] = cfg.batch_size * cfg.grad_accum * cfg.num_processes
     return fingerprint({"kind": kind, "base": str(Path(base_model).resolve()) if Path(base_model).exists()
                         else str(base_model), "train": settings, "data": data_key, **(extra or {})})
 
 
 def open_out_dir(out_dir: Path, key: str) -> dict | None:
     """Prepare `out_dir` for a run with `key`: the finished run's summary when it is already
-    done, None when training should start or resume. A folder from other inputs is refused
-    rather than silently resumed or overwritten."""
+    done, None when training should start or resume. A folder holding checkpoints or a model
+    from other inputs is refused rather than silently resumed or overwritten; one whose run
+    died before its first checkpoint holds nothing and is taken over."""
     key_path = out_dir / "checkpoints" / KEY_FILE
     if key_path.exists():
         previous = json.loads(key_path.read_text()).get("key")
+        nothing_kept = last_checkpoint(out_dir) is None and not (out_dir / COMPLETE_MARKER).exists()
+        if previous != key and nothing_kept:
+            if is_main_process():
+                atomic_write_text(json.dumps({"key": key}), key_path)
+            return None
         if previous != key:
             raise UserError(f"{out_dir}: holds a training run with other data or settings "
                             f"(run key {previous}, this one {key}); use another --out or delete it")
@@ -229,7 +240,10 @@ def merge_adapter(base_model: str | Path, adapter_dir: Path, out_dir: Path) -> N
 def write_loss_curve(log_history: list[dict], out_dir: Path, extra_panel: str | None = None) -> pd.DataFrame:
     """Every logged training step as a row of loss.parquet, and loss.png (plus one more metric,
     e.g. DPO's reward margin, in a second panel)."""
-    from tops.artifacts import atomic_write_table
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     rows = [{k: v for k, v in entry.items() if isinstance(v, int | float)}
             for entry in log_history if "loss" in entry]
@@ -237,14 +251,7 @@ def write_loss_curve(log_history: list[dict], out_dir: Path, extra_panel: str | 
     if curve.empty:
         curve = pd.DataFrame({"step": pd.Series(dtype="int64"), "loss": pd.Series(dtype="float64")})
     curve = curve[["step", *[c for c in curve.columns if c != "step"]]]
-    import pyarrow as pa
-
     atomic_write_table(pa.Table.from_pandas(curve, preserve_index=False), out_dir / "loss.parquet")
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     panels = ["loss"] + ([extra_panel] if extra_panel and extra_panel in curve.columns else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
@@ -273,18 +280,18 @@ def finish(trainer, out_dir: Path, summary: dict) -> dict:
 
 
 def train_and_save(trainer, *, base_model: str | Path, out_dir: Path, tokenizer,
-                   extra_panel: str | None = None) -> tuple[Any, pd.DataFrame | None, float]:
+                   extra_panel: str | None = None) -> tuple[pd.DataFrame | None, float]:
     """Train (resuming from the last checkpoint), save or merge the weights, write the curve.
-    Returns the train output, the curve (main process only) and the train wall time."""
+    Returns the curve (main process only) and the wall time of `trainer.train()`."""
     resume = last_checkpoint(out_dir)
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - start
     save_model(trainer, base_model, out_dir, tokenizer)
     curve = None
     if trainer.accelerator.is_main_process:
         curve = write_loss_curve(trainer.state.log_history, out_dir, extra_panel)
-    return result, curve, seconds
+    return curve, seconds
 
 
 def base_summary(kind: str, base_model: str | Path, out_dir: Path, cfg: TrainConfig, trainer,

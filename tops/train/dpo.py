@@ -82,7 +82,7 @@ def _train_dpo(pairs, base_model, out_dir: Path, cfg: TrainConfig, prompts, prog
     if not progress:
         trainer.remove_callback(PrinterCallback)
     resumed_from = last_checkpoint(out_dir)
-    _, curve, seconds = train_and_save(trainer, base_model=base_model, out_dir=out_dir,
+    curve, seconds = train_and_save(trainer, base_model=base_model, out_dir=out_dir,
                                        tokenizer=tokenizer, extra_panel="rewards/margins")
     summary = base_summary("dpo", base_model, out_dir, cfg, trainer, curve, seconds, resumed_from)
     margins = curve["rewards/margins"].tolist() if curve is not None and "rewards/margins" in curve else []
