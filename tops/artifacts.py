@@ -62,8 +62,10 @@ SELECTED_COLUMNS = {
     "n_tokens": (INT, False),
     "policy": (STRING, False),
 }
+STEP_SPANS = pa.list_(pa.struct([("start", INT), ("end", INT), ("erroneous", BOOL)]))
 MASKED_COLUMNS = {
     **SELECTED_COLUMNS,
+    "steps": (STEP_SPANS, False),  # character spans of the response; erroneous ones leave the loss
     "masked_chars": (INT, False),
 }
 PAIR_COLUMNS = {
@@ -107,6 +109,12 @@ def _type_ok(actual: pa.DataType, expected: pa.DataType) -> bool:
         return actual in _INT_TYPES
     if expected == FLOAT:
         return pa.types.is_floating(actual) or actual in _INT_TYPES
+    if pa.types.is_list(expected) or pa.types.is_large_list(expected):
+        return (pa.types.is_list(actual) or pa.types.is_large_list(actual)) and (
+            pa.types.is_null(actual.value_type) or _type_ok(actual.value_type, expected.value_type))
+    if pa.types.is_struct(expected):
+        return pa.types.is_struct(actual) and all(
+            actual.get_field_index(f.name) >= 0 and _type_ok(actual.field(f.name).type, f.type) for f in expected)
     return False
 
 

@@ -118,9 +118,19 @@ def run_mask(cfg: TopsConfig, in_path: Path, out: Path, judge=None, progress: bo
     from tops.masking import mask_responses
 
     selected = read_artifact(in_path, "selected")
-    with timed() as clock:
-        masked, summary = mask_responses(selected, cfg.mask, judge=judge, progress=progress)
-        write_artifact(masked, out, "masked")
+    owned = judge is None and cfg.mask.enabled and cfg.mask.mode == "judge"
+    if owned:  # the judge: mask.judge_model on mask.judge_engine, else the run's model and engine
+        from tops.engines import make_engine
+        from tops.models import resolve_model
+
+        judge = make_engine(resolve_model(cfg.mask.judge_model or cfg.model.base), cfg.mask.judge_engine or cfg.engine)
+    try:
+        with timed() as clock:
+            masked, summary = mask_responses(selected, cfg.mask, judge=judge, progress=progress)
+            write_artifact(masked, out, "masked")
+    finally:
+        if owned:
+            judge.close()
     record_stage(out, "mask", config=config_section(cfg, "mask"), inputs={"selected": in_path},
                  rows=len(masked), seconds=clock["seconds"], summary=summary)
     _print_summary("mask", summary)
