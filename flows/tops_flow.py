@@ -385,13 +385,15 @@ def _report(loop: Loop, evals: pd.DataFrame, order: list[str], selected: str, ev
     contaminated = contamination(read_artifact(eval_problems, "problems"), train_questions)
     notes = [f"held-out problems: {evals['problem_id'].nunique()}, none shares an id with seed/training "
              f"problems; {len(contaminated)} share a word 8-gram with a training question", *loop.notes]
-    path = write_report(loop.dir, evals, read_artifact(selected, "selected"), order, notes)
+    source = loop.cfg.problems.source
+    levels = list(source.levels) if source.kind == "arith" else None
+    path = write_report(loop.dir, evals, read_artifact(selected, "selected"), order, notes, levels)
     try:
         from prefect.artifacts import create_markdown_artifact
 
         create_markdown_artifact(markdown=path.read_text(), key="tops-report",
                                  description=f"TOPS run {loop.dir.name}")
-        create_markdown_artifact(markdown=markdown_table(evals, order), key="tops-results")
+        create_markdown_artifact(markdown=markdown_table(evals, order, levels), key="tops-results")
     except Exception as exc:  # artifacts are a convenience; the report file is the record
         get_run_logger().warning(f"could not create Prefect artifacts: {exc}")
     return path

@@ -1,7 +1,13 @@
 import pandas as pd
 import pytest
 
-from tops.artifacts import ShardedOutput, fingerprint_file, read_artifact, record_stage, write_artifact
+from tops.artifacts import (
+    ShardedOutput,
+    fingerprint_file,
+    read_artifact,
+    record_stage,
+    write_artifact,
+)
 from tops.errors import UserError
 
 

@@ -147,9 +147,10 @@ def train_sft_cmd(data: Annotated[Path, typer.Option(help="selected/masked/seed 
     if kind not in ("selected", "masked", "samples"):
         raise UserError(f"--kind {kind!r}: expected selected, masked or samples")
     frame = read_artifact(data, kind)
+    model = resolve_model(base or cfg.model.base)  # once, before any relaunch into several ranks
     if maybe_relaunch(sys.argv[1:], cfg.train):
         return
-    summary = train_sft(frame, resolve_model(base or cfg.model.base), out, cfg.train, cfg.efforts.prompts)
+    summary = train_sft(frame, model, out, cfg.train, cfg.efforts.prompts)
     typer.echo(f"{out}: loss {summary.get('final_loss')}")
 
 
@@ -165,9 +166,10 @@ def train_dpo_cmd(pairs_path: Annotated[Path, typer.Option("--pairs", help="pair
 
     cfg = _config(config, sets)
     frame = read_artifact(pairs_path, "pairs")
+    model = resolve_model(base or cfg.model.base)
     if maybe_relaunch(sys.argv[1:], cfg.train):
         return
-    summary = train_dpo(frame, resolve_model(base or cfg.model.base), out, cfg.train, cfg.efforts.prompts)
+    summary = train_dpo(frame, model, out, cfg.train, cfg.efforts.prompts)
     typer.echo(f"{out}: loss {summary.get('final_loss')}")
 
 
@@ -204,16 +206,26 @@ def run_cmd(config: ConfigOpt = None, sets: SetOpt = None):
 
 
 @app.command("demo")
-def demo_cmd(sets: SetOpt = None):
+def demo_cmd(sets: SetOpt = None,
+             readme: Annotated[bool, typer.Option(help="Write the results into README.md's results section.")] = True):
     """The whole loop on the embedded default (SmolLM2-135M-Instruct, arith) on this machine."""
-    candidates = [Path("configs/demo.yaml"), Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"]
-    config = next((c for c in candidates if c.exists()), None)
+    import time
+
+    repo = Path(__file__).resolve().parents[1]
+    config = next((c for c in (Path("configs/demo.yaml"), repo / "configs" / "demo.yaml") if c.exists()), None)
     if config is None:
         raise UserError("configs/demo.yaml not found: run `tops demo` from the tops checkout")
-    _run_flow(config, sets)
+    started = time.perf_counter()
+    result = _run_flow(config, sets)
+    minutes = (time.perf_counter() - started) / 60
+    typer.echo(f"demo wall time: {minutes:.1f} min")
+    if readme and (repo / "README.md").exists():
+        from tops.report import update_readme_results
+
+        update_readme_results(repo / "README.md", Path(result["report"]), minutes)
 
 
-def _run_flow(config: Path | None, sets: list[str] | None) -> None:
+def _run_flow(config: Path | None, sets: list[str] | None) -> dict:
     from flows.tops_flow import run
 
     _config(config, sets)  # fail fast, before Prefect starts
@@ -221,6 +233,7 @@ def _run_flow(config: Path | None, sets: list[str] | None) -> None:
     report = Path(result["report"])
     typer.echo(report.read_text())
     typer.echo(f"\nrun folder: {result['run_dir']}\nreport: {report}")
+    return result
 
 
 @app.command("serve")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tops.config import GenerateConfig, SamplingConfig, VerifyConfig
+from tops.config import EFFORT_ORDER, GenerateConfig, SamplingConfig, VerifyConfig
 
 _WORD = re.compile(r"\w+")
 
@@ -72,17 +72,21 @@ def summarize(evals: pd.DataFrame, by: tuple[str, ...] = ("model", "effort")) ->
     return table.reset_index()
 
 
-def markdown_table(evals: pd.DataFrame, order: list[str] | None = None) -> str:
+def markdown_table(evals: pd.DataFrame, order: list[str] | None = None,
+                   difficulty_order: list[str] | None = None) -> str:
     """Model x effort rows: overall accuracy ± spread and mean tokens, then per difficulty."""
     overall = summarize(evals)
     by_diff = summarize(evals, ("model", "effort", "difficulty"))
-    difficulties = [d for d in by_diff["difficulty"].dropna().unique()]
+    present = list(by_diff["difficulty"].dropna().unique())
+    difficulties = [d for d in difficulty_order or [] if d in present] + sorted(
+        d for d in present if d not in (difficulty_order or []))
     order = order or list(dict.fromkeys(evals["model"]))
     header = ["model", "effort", "accuracy", "mean tokens", "tokens (correct)"]
     header += [f"{d} acc / tok" for d in difficulties]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     overall["_order"] = overall["model"].map({m: i for i, m in enumerate(order)})
-    for _, row in overall.sort_values(["_order", "effort"]).iterrows():
+    overall["_effort"] = overall["effort"].map(lambda e: (EFFORT_ORDER.index(e), e) if e in EFFORT_ORDER else (9, e))
+    for _, row in overall.sort_values(["_order", "_effort"]).iterrows():
         cells = [row["model"], row["effort"], f"{row['accuracy']:.3f} ± {row['acc_std']:.3f}",
                  f"{row['mean_tokens']:.1f}", f"{row['mean_tokens_correct']:.1f}"]
         for d in difficulties:
