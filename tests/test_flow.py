@@ -205,3 +205,42 @@ def test_ray_runner_maps_generation_shards(harness, tmp_path, tiny_model_dir):
     assert len(samples) == 6 * 3 and not samples.duplicated(["problem_id", "effort", "sample_idx"]).any()
     shards = sorted(Path(tmp_path / "smoke" / "stages").glob("generate-shard*-*.parquet"))
     assert len(shards) == 2
+
+
+def test_flow_run_exports_to_a_loadable_hub_dataset(first_run, tmp_path):
+    import datasets
+
+    from tops.hub import export_run
+
+    run_dir = Path(first_run[0]["run_dir"])
+    export_run(str(run_dir), "org/tops-smoke", local_dir=tmp_path / "export")
+    samples = datasets.load_dataset(str(tmp_path / "export"), "samples", split="train")
+    assert len(samples) == len(read_artifact(run_dir / "verified.parquet", "verified"))
+    evals = datasets.load_dataset(str(tmp_path / "export"), "eval", split="test")
+    assert len(evals) == len(read_artifact(run_dir / "eval.parquet", "eval"))
+    assert "TOPS" in (tmp_path / "export" / "README.md").read_text()
+
+
+def test_iter_dpo_stage_trains_from_pairs(first_run, run_root, tiny_model_dir):
+    """The Iter-DPO branch: pairs from the run's verified samples -> DPO from the TOPS model."""
+    from prefect import flow
+
+    from flows.tops_flow import Loop, _train, pairs_task
+
+    cfg = load_config(SMOKE, _overrides(run_root, tiny_model_dir, "flow.iter_method=dpo"))
+    run_dir = Path(first_run[0]["run_dir"])
+    verified = first_run[0]["lineage"]["verified.parquet"]
+
+    @flow
+    def dpo_only():
+        loop = Loop(cfg)
+        pairs = loop.call(pairs_task, "pairs-check", {}, {"verified": verified}, cfg=cfg, verified=verified)
+        return pairs, _train(loop, "iter_dpo", "dpo", pairs, "pairs", str(run_dir / "models" / "tops"),
+                             label="dpo-check")
+
+    pairs, model = dpo_only()
+    frame = read_artifact(pairs, "pairs")
+    assert len(frame) > 0 and set(frame["pair_kind"]) <= {"longest_incorrect", "shorter_incorrect"}
+    assert (Path(model) / ".tops-complete").exists() and (run_dir / "models" / "dpo-check").is_symlink()
+    summary = (Path(model) / "train_summary.json").read_text()
+    assert '"kind": "dpo"' in summary

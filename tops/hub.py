@@ -59,7 +59,7 @@ CONFIG_KINDS: dict[str, tuple[str, ...]] = {
     "eval": ("eval",),
 }
 MAIN_SPLIT = "train"  # the top-level file's split; "test" for eval records
-INTERNAL_DIRS = ("stages",)  # the flow's content-addressed stage cache: published names are used
+INTERNAL_DIRS = ("stages", "problems", "models")  # stage cache, problem splits, model folders
 DEFAULT_LICENSE = "apache-2.0"
 TASK_CATEGORIES = ["text-generation"]
 TAGS = ["reasoning", "math", "tops", "efficient-reasoning"]

@@ -155,9 +155,15 @@ def update_readme_results(readme: Path, report: Path, minutes: float) -> None:
     text = readme.read_text()
     if README_START not in text or README_END not in text:
         return
+    import shutil
+
     rel = os.path.relpath(report.parent, readme.parent)
+    plots = readme.parent / "docs" / "demo"  # run folders are git-ignored; the plots are kept here
+    plots.mkdir(parents=True, exist_ok=True)
+    for png in report.parent.glob("*.png"):
+        shutil.copy2(png, plots / png.name)
     body = report.read_text().split("\n", 1)[1]  # drop the report's title
-    body = re.sub(r"!\[([^\]]*)\]\(([^)/]+\.png)\)", lambda m: f"![{m[1]}]({rel}/{m[2]})", body)
+    body = re.sub(r"!\[([^\]]*)\]\(([^)/]+\.png)\)", lambda m: f"![{m[1]}](docs/demo/{m[2]})", body)
     body = body.replace("\n## ", "\n### ")
     stamp = (f"_Written by `tops demo` on {time.strftime('%Y-%m-%d')} from `{rel}/report.md`; "
              f"the whole loop took {minutes:.1f} minutes on this machine ({os.cpu_count()} cores)._")
