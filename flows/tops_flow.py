@@ -29,6 +29,9 @@ from tops.errors import UserError
 from tops.stages import EVAL_SEED_OFFSET
 
 CACHED = {"cache_key_fn": cache_key, "persist_result": True}
+# vLLM reconfigures logging when an engine starts; inside a flow that shuts down Prefect's API log
+# handler while it holds the logging lock and deadlocks. Leave logging to Prefect instead.
+os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
 
 
 class StageFailed(RuntimeError):
@@ -414,7 +417,7 @@ def task_runner_for(cfg: TopsConfig):
         # Workers report to this process's Prefect API instead of each starting its own server.
         from prefect.settings import PREFECT_API_URL
 
-        env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "VLLM_CONFIGURE_LOGGING": "0"}
         if PREFECT_API_URL.value():
             env["PREFECT_API_URL"] = PREFECT_API_URL.value()
         return RayTaskRunner(init_kwargs={"num_cpus": os.cpu_count() or 2, "runtime_env": {"env_vars": env}})
