@@ -188,14 +188,17 @@ class Loop:
         """Run one stage task; `name` labels the task run, its output file and its errors."""
         key = stage_key(name, section, inputs)
         out = self.stages / (f"{name}-{key}" if folder else f"{name}-{key}.parquet")
-        options = {"result_storage": self.results, "task_run_name": name,
-                   "retries": self.cfg.flow.retries, "retry_delay_seconds": self.cfg.flow.retry_delay_s}
         try:
-            return fn.with_options(**options)(key=key, out=str(out), run_dir=str(self.dir), **params)
+            return self.task(fn, name)(key=key, out=str(out), run_dir=str(self.dir), **params)
         except UserError as exc:
             raise UserError(f"stage '{name}': {exc}") from exc
         except Exception as exc:
             raise StageFailed(f"stage '{name}' failed: {exc.__class__.__name__}: {exc}") from exc
+
+    def task(self, fn, name: str):
+        """The stage task with this run's result storage (its cache records) and retries."""
+        return fn.with_options(result_storage=self.results, task_run_name=name, retries=self.cfg.flow.retries,
+                               retry_delay_seconds=self.cfg.flow.retry_delay_s)
 
     def publish(self, name: str, path: str) -> None:
         """Stable name for the current lineage (hard link for files, symlink for models)."""
@@ -227,12 +230,10 @@ def _sample(loop: Loop, stage: str, model: str, problems: str, gen: GenerateConf
                          gen=gen, shard=0, n_shards=1)
     keys = [stage_key(f"{stage}-shard{i}", section, inputs) for i in range(shards)]
     outs = [str(loop.stages / f"{stage}-shard{i}-{k}.parquet") for i, k in enumerate(keys)]
-    submit = generate_task.with_options(result_storage=loop.results, retries=cfg.flow.retries,
-                                        retry_delay_seconds=cfg.flow.retry_delay_s)
-    context = _ray_resources(cfg)
-    with context:
-        futures = [submit.submit(cfg=cfg, key=k, out=o, run_dir=str(loop.dir), model=model, problems=problems,
-                                 gen=gen, shard=i, n_shards=shards)
+    with _ray_resources(cfg):
+        futures = [loop.task(generate_task, f"{stage}-shard{i}").submit(
+                       cfg=cfg, key=k, out=o, run_dir=str(loop.dir), model=model, problems=problems, gen=gen,
+                       shard=i, n_shards=shards)
                    for i, (k, o) in enumerate(zip(keys, outs, strict=True))]
     try:
         parts = [f.result() for f in futures]

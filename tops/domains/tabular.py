@@ -18,22 +18,24 @@ _GSM8K = re.compile(r"####\s*(.+?)\s*$", re.S)
 
 
 def gold_answer(solution: str, answer_format: str) -> str:
-    """The gold answer string from a dataset's answer/solution field."""
-    text = str(solution)
-    if answer_format in ("gsm8k", "auto"):
-        match = _GSM8K.search(text)
-        if match:
-            return match.group(1).replace(",", "").strip()
-        if answer_format == "gsm8k":
-            raise ValueError(f"no '####' answer in {text[:80]!r}")
-    if answer_format in ("boxed", "auto"):
-        from tops.answers import last_boxed
+    """The gold answer string from a dataset's answer/solution field; an explicit format that
+    does not match the text is an error rather than a silent fallback."""
+    from tops.answers import gold_answer as auto_gold
+    from tops.answers import last_boxed
 
+    text = str(solution)
+    if answer_format == "auto":
+        return auto_gold(text)
+    if answer_format == "gsm8k":
+        match = _GSM8K.search(text)
+        if not match:
+            raise ValueError(f"no '####' answer in {text[:80]!r}")
+        return match.group(1).replace(",", "").strip()
+    if answer_format == "boxed":
         boxed = last_boxed(text)
-        if boxed is not None:
-            return boxed.strip()
-        if answer_format == "boxed":
+        if boxed is None:
             raise ValueError(f"no \\boxed{{}} answer in {text[:80]!r}")
+        return boxed.strip()
     return text.strip()
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tops.engines.base import Completion, Request
-from tops.engines.render import render_ids
+from tops.engines.render import count_tokens, render_ids
 from tops.errors import UserError
 
 _DTYPES = {"auto": "auto", "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
@@ -94,7 +94,7 @@ class HFEngine:
         return Completion(text=text, n_tokens=len(kept), finish_reason=finish, stop_reason=stop_reason)
 
     def count_tokens(self, texts: list[str]) -> list[int]:
-        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        return count_tokens(self.tokenizer, texts)
 
     def close(self) -> None:
         self.model = None

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from tops.engines.base import Completion, Request
+from tops.engines.render import count_tokens
 from tops.errors import UserError
 
 
@@ -78,9 +79,7 @@ class OpenAIEngine:
             return list(pool.map(lambda r: self._one(r, n, sampling), requests))
 
     def count_tokens(self, texts: list[str]) -> list[int]:
-        if not texts:
-            return []
-        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        return count_tokens(self.tokenizer, texts)
 
     def close(self) -> None:
         self.client.close()

@@ -6,7 +6,7 @@ import gc
 import os
 
 from tops.engines.base import Completion, Request
-from tops.engines.render import render_ids
+from tops.engines.render import count_tokens, render_ids
 from tops.errors import UserError
 
 
@@ -75,7 +75,7 @@ class VLLMEngine:
         ]
 
     def count_tokens(self, texts: list[str]) -> list[int]:
-        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        return count_tokens(self.tokenizer, texts)
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)
