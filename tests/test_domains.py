@@ -1,10 +1,14 @@
 import json
+import re
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from tops.config import ArithSource, FileSource, ProblemsConfig
+from tops.config import ArithLevel, ArithSource, FileSource, ProblemsConfig
 from tops.domains import load_problems
+from tops.domains.arith import teacher_response
 from tops.domains.tabular import gold_answer
 from tops.errors import UserError
 
@@ -78,3 +82,42 @@ def test_hf_source_loads_a_local_dataset_folder(tmp_path):
                                               columns={"question": "problem", "answer": "solution"}))
     problems = load_problems(cfg)
     assert sorted(problems["answer"]) == ["2", "4"]
+
+
+_EQUATION = re.compile(r"^(-?\d+) ([-+*]) (-?\d+) = (-?\d+)\.$")
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.integers(0, 999), min_size=2, max_size=6), data=st.data())
+def test_arith_teacher_working_lines_are_true_and_end_at_the_answer(values, data):
+    """Every "a op b = c." line of every effort is arithmetic truth (operator precedence
+    included), the medium working's last line reaches the answer, and high effort's check
+    undoes a +/- chain back to the first number."""
+    ops = data.draw(st.lists(st.sampled_from(["+", "-", "*"]), min_size=len(values) - 1,
+                             max_size=len(values) - 1))
+    expression = " ".join([str(values[0]), *(f"{op} {v}" for op, v in zip(ops, values[1:]))])
+    result = eval(expression)
+    for effort in ("low", "medium", "high"):
+        text = teacher_response(values, ops, effort)
+        assert text.endswith(f"\\boxed{{{result}}}.")
+        lines = text.splitlines()
+        equations = [m.groups() for m in map(_EQUATION.match, lines) if m]
+        for a, op, b, c in equations:
+            assert eval(f"{a} {op} {b}") == int(c), (effort, text)
+        column_sum = ops == ["+"] and min(values) >= 10  # written as digit columns instead
+        if effort == "medium" and not column_sum:
+            assert int(equations[-1][3]) == result, text
+        if effort == "high" and "*" not in ops and not column_sum:
+            assert f"That is the first number, {values[0]}. Correct." in text, text
+            assert int(equations[-1][3]) == values[0]
+
+
+def test_arith_chains_difficulty_is_chain_length():
+    source = ArithSource(levels={"easy": ArithLevel(digits=[2, 1]),
+                                 "hard": ArithLevel(digits=[2, 1, 1, 1, 1], operands=5)})
+    problems = load_problems(ProblemsConfig(source=source, n=20), seed=0)
+    for _, row in problems.iterrows():
+        assert len(row["operands"]) == {"easy": 2, "hard": 5}[row["difficulty"]]
+        assert int(row["answer"]) == sum(row["operands"])
+        assert len(teacher_response(list(row["operands"]), list(row["ops"]), "medium").splitlines()) == (
+            len(row["operands"]) + 2)

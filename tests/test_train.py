@@ -259,6 +259,7 @@ def test_interrupted_full_finetune_resumes_from_its_checkpoint(tiny_model_dir, t
     from transformers import TrainerCallback
 
     from tops.train import train_sft
+    from tops.train.common import KEY_FILE
 
     class StopAfterSave(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
@@ -275,6 +276,18 @@ def test_interrupted_full_finetune_resumes_from_its_checkpoint(tiny_model_dir, t
     curve = pd.read_parquet(out / "loss.parquet")
     assert curve["step"].tolist() == [1, 2, 3, 4, 5, 6]  # steps before the interruption kept
     assert not (out / "adapter").exists() and (out / "model.safetensors").exists()
+    # finished: the checkpoints (optimizer state) are gone, the folder is still recognised
+    assert not list((out / "checkpoints").glob("checkpoint-*")) and (out / "checkpoints" / KEY_FILE).exists()
+    assert train_sft(sft_rows(12), tiny_model_dir, out, cfg, PROMPTS, progress=False) == summary
+
+
+def test_keep_checkpoints_keeps_them(tiny_model_dir, tmp_path):
+    from tops.train import train_sft
+
+    out = tmp_path / "kept"
+    train_sft(sft_rows(4), tiny_model_dir, out, tiny_cfg(save_steps=1, keep_checkpoints=True), PROMPTS,
+              progress=False)
+    assert list((out / "checkpoints").glob("checkpoint-*"))
 
 
 # ---------------------------------------------------------------- DPO

@@ -386,6 +386,9 @@ class TrainConfig(Strict):
     accelerate_config: Path | None = None
     logging_steps: int = Field(5, ge=1)
     save_steps: int = Field(50, ge=1)
+    # Trainer checkpoints (weights + optimizer state, ~3x the model) only serve a resume; a
+    # finished run deletes them unless this is True.
+    keep_checkpoints: bool = False
     seed: int = 0
     max_steps: int | None = Field(None, ge=1)  # stop early (smoke runs, benchmarks)
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"

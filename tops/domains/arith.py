@@ -94,23 +94,65 @@ def _no_carry_sum(a: int, b: int) -> int:
     return int("".join(str(d) for d in reversed(digits)))
 
 
+def _is_column_sum(values: list[int], ops: list[str]) -> bool:
+    """Two multi-digit addends: the case column addition (with carries) is for."""
+    return len(values) == 2 and ops == ["+"] and min(values) >= 10
+
+
 def _working(values: list[int], ops: list[str]) -> list[str]:
-    if len(values) == 2 and ops == ["+"]:
+    """Column addition for two multi-digit addends; otherwise one line per operation.
+
+    The running form ("47 + 5 = 52.", "52 + 8 = 60.", ...) turns a long chain into a row of
+    easy problems the model already solves directly: that is where working pays.
+    """
+    if _is_column_sum(values, ops):
         return ["Add column by column, from the right.", *_column_addition(*values)]
-    lines, running = [], values[0]
-    for step, (op, value) in enumerate(zip(ops, values[1:], strict=True), start=1):
-        result = eval(f"{running} {op} {value}")
-        lines.append(f"Step {step}: {running} {op} {value} = {result}.")
+    lines = []
+    terms, term_ops = [values[0]], []
+    for op, value in zip(ops, values[1:], strict=True):  # products first: 12 - 7 * 3 = 12 - 21
+        if op == "*":
+            lines.append(f"{terms[-1]} * {value} = {terms[-1] * value}.")
+            terms[-1] *= value
+        else:
+            terms.append(value)
+            term_ops.append(op)
+    if lines and term_ops:
+        lines.insert(0, "Multiply first, then work left to right.")
+    elif not lines:
+        lines.append("Work left to right, one number at a time.")
+    running = terms[0]
+    for op, value in zip(term_ops, terms[1:], strict=True):
+        result = running + value if op == "+" else running - value
+        lines.append(f"{running} {op} {value} = {result}.")
         running = result
     return lines
+
+
+_INVERSE = {"+": "-", "-": "+"}
+
+
+def _check_lines(values: list[int], ops: list[str], result: int) -> list[str]:
+    """A verification round: undo each step back to the first number, or redo the sum."""
+    if _is_column_sum(values, ops):
+        return [f"Check: {result} - {values[1]} = {values[0]}. Correct."]
+    if all(op in _INVERSE for op in ops):
+        lines, running = ["Let me double-check by undoing each step:"], result
+        for op, value in reversed(list(zip(ops, values[1:], strict=True))):
+            previous = eval(f"{running} {_INVERSE[op]} {value}")
+            lines.append(f"{running} {_INVERSE[op]} {value} = {previous}.")
+            running = previous
+        lines.append(f"That is the first number, {values[0]}. Correct.")
+        return lines
+    return [f"Check: recomputing {_expression(values, ops)} gives {result} again. Correct."]
 
 
 def teacher_response(values: list[int], ops: list[str], effort: str) -> str:
     """The arith teacher's answer at one effort.
 
-    low: the result only. medium: written working, one line per column or step. high: a quick
-    first attempt that is checked (and, when it forgot a carry, caught and redone), then the
-    working and a verification by the inverse operation — longer, with a reflection round.
+    low: the result only. medium: written working (columns for two multi-digit addends, one
+    line per operation otherwise). high: the working, then a verification round that undoes
+    every step; for a column sum, a quick first attempt comes first and, when it forgot a
+    carry, is caught and redone (a wrong round for the masking stage to find).
     """
     expr = _expression(values, ops)
     result = eval(expr)
@@ -121,7 +163,7 @@ def teacher_response(values: list[int], ops: list[str], effort: str) -> str:
     if effort == "medium":
         return "\n".join([*working, f"So {expr} = {result}.", final])
     lines = []
-    if len(values) == 2 and ops == ["+"]:
+    if _is_column_sum(values, ops):
         a, b = values
         guess = _no_carry_sum(a, b)
         lines.append(f"First try: {expr} = {guess}.")
@@ -132,9 +174,6 @@ def teacher_response(values: list[int], ops: list[str], effort: str) -> str:
             lines.append("Let me verify this carefully, column by column.")
     lines += working
     lines.append(f"So {expr} = {result}.")
-    if len(values) == 2 and ops == ["+"]:
-        lines.append(f"Check: {result} - {values[1]} = {values[0]}. Correct.")
-    else:
-        lines.append(f"Check: recomputing {expr} gives {result} again. Correct.")
+    lines += _check_lines(values, ops, result)
     lines.append(final)
     return "\n".join(lines)

@@ -35,7 +35,7 @@ KEY_FILE = "run_key.json"
 # the key as its effective size only, so a retry with half the micro-batch and twice the
 # accumulation (the flow's out-of-memory retry) resumes the same run.
 _NOT_IN_KEY = ("logging_steps", "save_steps", "num_processes", "accelerate_config",
-               "batch_size", "grad_accum")
+               "batch_size", "grad_accum", "keep_checkpoints")
 
 
 # ---------------------------------------------------------------- processes
@@ -203,6 +203,18 @@ def open_out_dir(out_dir: Path, key: str) -> dict | None:
     return None
 
 
+def prune_checkpoints(out_dir: Path) -> int:
+    """Delete the Trainer checkpoints of a finished run (the run key file stays, so the folder
+    is still recognised); returns the bytes freed."""
+    import shutil
+
+    freed = 0
+    for checkpoint in (out_dir / "checkpoints").glob("checkpoint-*"):
+        freed += sum(f.stat().st_size for f in checkpoint.rglob("*") if f.is_file())
+        shutil.rmtree(checkpoint)
+    return freed
+
+
 def last_checkpoint(out_dir: Path) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -269,12 +281,15 @@ def write_loss_curve(log_history: list[dict], out_dir: Path, extra_panel: str | 
     return curve
 
 
-def finish(trainer, out_dir: Path, summary: dict) -> dict:
+def finish(trainer, out_dir: Path, summary: dict, keep_checkpoints: bool = False) -> dict:
     """Summary, then the completion marker: a reader who sees the marker sees everything.
+    Then the checkpoints go (unless kept): once the marker exists nothing resumes from them.
     The main process writes; every process returns the written summary."""
     if trainer.accelerator.is_main_process:
         atomic_write_text(json.dumps(summary, indent=2, default=str), out_dir / "train_summary.json")
         atomic_write_text(time.strftime("%Y-%m-%dT%H:%M:%S") + "\n", out_dir / COMPLETE_MARKER)
+        if not keep_checkpoints:
+            prune_checkpoints(out_dir)
     trainer.accelerator.wait_for_everyone()
     return json.loads((out_dir / "train_summary.json").read_text())
 

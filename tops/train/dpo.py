@@ -95,4 +95,4 @@ def _train_dpo(pairs, base_model, out_dir: Path, cfg: TrainConfig, prompts, prog
         "first_margin": margins[0] if margins else None,
         "final_margin": margins[-1] if margins else None,
     })
-    return finish(trainer, out_dir, summary)
+    return finish(trainer, out_dir, summary, keep_checkpoints=cfg.keep_checkpoints)

@@ -205,4 +205,4 @@ def _train_sft(data, base_model, out_dir: Path, cfg: TrainConfig, prompts, progr
         "padding_share": round(1 - real / positions, 4) if positions else 0.0,
         "train_tokens_per_s": round(real / seconds, 1) if seconds > 0 else None,
     })
-    return finish(trainer, out_dir, summary)
+    return finish(trainer, out_dir, summary, keep_checkpoints=cfg.keep_checkpoints)
