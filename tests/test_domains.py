@@ -95,7 +95,7 @@ def test_arith_teacher_working_lines_are_true_and_end_at_the_answer(values, data
     undoes a +/- chain back to the first number."""
     ops = data.draw(st.lists(st.sampled_from(["+", "-", "*"]), min_size=len(values) - 1,
                              max_size=len(values) - 1))
-    expression = " ".join([str(values[0]), *(f"{op} {v}" for op, v in zip(ops, values[1:]))])
+    expression = " ".join([str(values[0]), *(f"{op} {v}" for op, v in zip(ops, values[1:], strict=True))])
     result = eval(expression)
     for effort in ("low", "medium", "high"):
         text = teacher_response(values, ops, effort)
