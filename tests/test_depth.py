@@ -407,3 +407,12 @@ def test_vllm_rules_and_generate_samples_columns(tmp_path, vllm_engine, smoke_co
     medium = back[back["effort"] == "medium"]
     thinking = [r.split("</think>", 1)[0] for r in medium["response"]]
     assert max(vllm_engine.count_tokens(thinking)) <= 10
+
+
+def test_hf_engine_cuts_at_the_earliest_stop_string(hf_engine):
+    """Whatever order the stops are listed in, the first one in the text ends it (as in vLLM)."""
+    tokens = hf_engine.tokenizer("ab cd ef gh", add_special_tokens=False)["input_ids"]
+    out = hf_engine._completion(tokens, ["gh", "cd"])
+    assert out.text == "ab " and out.stop_reason == "cd" and out.finish_reason == "stop"
+    assert out.n_tokens == len(hf_engine.tokenizer("ab ", add_special_tokens=False)["input_ids"])
+    assert hf_engine._completion(tokens, ["zz"]).finish_reason == "length"

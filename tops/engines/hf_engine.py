@@ -84,13 +84,13 @@ class HFEngine:
                 break
             kept.append(tok)
         text = self.tokenizer.decode(kept, skip_special_tokens=True)
+        # The earliest stop string wins, as in vLLM; transformers keeps it, vLLM drops it.
+        hits = [(pos, s) for s in stop if (pos := text.find(s)) >= 0]
         stop_reason = None
-        for s in stop:  # transformers keeps the stop string; vLLM's convention drops it
-            pos = text.find(s)
-            if pos >= 0:
-                text, finish, stop_reason = text[:pos], "stop", s
-                kept = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-                break
+        if hits:
+            pos, stop_reason = min(hits)
+            text, finish = text[:pos], "stop"
+            kept = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return Completion(text=text, n_tokens=len(kept), finish_reason=finish, stop_reason=stop_reason)
 
     def count_tokens(self, texts: list[str]) -> list[int]:
