@@ -106,7 +106,7 @@ def _working(values: list[int], ops: list[str]) -> list[str]:
     easy problems the model already solves directly: that is where working pays.
     """
     if _is_column_sum(values, ops):
-        return [f"{_expression(values, ops)}, column by column from the right:", *_column_addition(*values)]
+        return ["Add column by column, from the right.", *_column_addition(*values)]
     lines = []
     terms, term_ops = [values[0]], []
     for op, value in zip(ops, values[1:], strict=True):  # products first: 12 - 7 * 3 = 12 - 21
@@ -116,14 +116,10 @@ def _working(values: list[int], ops: list[str]) -> list[str]:
         else:
             terms.append(value)
             term_ops.append(op)
-    # Working opens by copying the expression, as a direct answer does: the choice between
-    # "= 72." and ", one number at a time:" comes after the model has written out how long
-    # the chain is, not before (a 135M model decides much better there).
-    expression = _expression(values, ops)
     if lines and term_ops:
-        lines.insert(0, f"{expression}, multiplying first:")
+        lines.insert(0, "Multiply first, then work left to right.")
     elif not lines:
-        lines.append(f"{expression}, one number at a time:")
+        lines.append("Work left to right, one number at a time.")
     running = terms[0]
     for op, value in zip(term_ops, terms[1:], strict=True):
         result = running + value if op == "+" else running - value
