@@ -103,10 +103,14 @@ def _working(values: list[int], ops: list[str]) -> list[str]:
     """Column addition for two multi-digit addends; otherwise one line per operation.
 
     The running form ("47 + 5 = 52.", "52 + 8 = 60.", ...) turns a long chain into a row of
-    easy problems the model already solves directly: that is where working pays.
+    easy problems the model already solves directly: that is where working pays. The header
+    opens with "To", the word SmolLM2-Instruct itself starts most answers with (p~0.7), so a
+    model fine-tuned without effort prompts does not have to overcome its prior to work: with
+    a "Work ..." header (p~0) the TOPS model answered directly on 38% of 5-number chains it
+    had been taught to work through.
     """
     if _is_column_sum(values, ops):
-        return ["Add column by column, from the right.", *_column_addition(*values)]
+        return ["To add these, go column by column, from the right.", *_column_addition(*values)]
     lines = []
     terms, term_ops = [values[0]], []
     for op, value in zip(ops, values[1:], strict=True):  # products first: 12 - 7 * 3 = 12 - 21
@@ -117,9 +121,9 @@ def _working(values: list[int], ops: list[str]) -> list[str]:
             terms.append(value)
             term_ops.append(op)
     if lines and term_ops:
-        lines.insert(0, "Multiply first, then work left to right.")
+        lines.insert(0, "To solve this, multiply first, then work left to right.")
     elif not lines:
-        lines.append("Work left to right, one number at a time.")
+        lines.append("To solve this, work left to right, one number at a time.")
     running = terms[0]
     for op, value in zip(term_ops, terms[1:], strict=True):
         result = running + value if op == "+" else running - value
