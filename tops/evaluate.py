@@ -72,6 +72,11 @@ def summarize(evals: pd.DataFrame, by: tuple[str, ...] = ("model", "effort")) ->
     return table.reset_index()
 
 
+def _tokens_cell(value: float) -> str:
+    """A model with no correct answer has no correct-answer length: a dash, not "nan"."""
+    return "—" if pd.isna(value) else f"{value:.1f}"
+
+
 def markdown_table(evals: pd.DataFrame, order: list[str] | None = None,
                    difficulty_order: list[str] | None = None) -> str:
     """Model x effort rows: overall accuracy ± spread and mean tokens, then per difficulty."""
@@ -88,7 +93,7 @@ def markdown_table(evals: pd.DataFrame, order: list[str] | None = None,
     overall["_effort"] = overall["effort"].map(lambda e: (EFFORT_ORDER.index(e), e) if e in EFFORT_ORDER else (9, e))
     for _, row in overall.sort_values(["_order", "_effort"]).iterrows():
         cells = [row["model"], row["effort"], f"{row['accuracy']:.3f} ± {row['acc_std']:.3f}",
-                 f"{row['mean_tokens']:.1f}", f"{row['mean_tokens_correct']:.1f}"]
+                 f"{row['mean_tokens']:.1f}", _tokens_cell(row["mean_tokens_correct"])]
         for d in difficulties:
             hit = by_diff[(by_diff["model"] == row["model"]) & (by_diff["effort"] == row["effort"])
                           & (by_diff["difficulty"] == d)]
