@@ -72,6 +72,12 @@ def summarize(evals: pd.DataFrame, by: tuple[str, ...] = ("model", "effort")) ->
     return table.reset_index()
 
 
+def ordered_difficulties(present, preferred: list[str] | None) -> list:
+    """The configured order (e.g. easy, medium, hard) first, then any other level sorted."""
+    present = list(present)
+    return [d for d in preferred or [] if d in present] + sorted(d for d in present if d not in (preferred or []))
+
+
 def _tokens_cell(value: float) -> str:
     """A model with no correct answer has no correct-answer length: a dash, not "nan"."""
     return "—" if pd.isna(value) else f"{value:.1f}"
@@ -82,9 +88,7 @@ def markdown_table(evals: pd.DataFrame, order: list[str] | None = None,
     """Model x effort rows: overall accuracy ± spread and mean tokens, then per difficulty."""
     overall = summarize(evals)
     by_diff = summarize(evals, ("model", "effort", "difficulty"))
-    present = list(by_diff["difficulty"].dropna().unique())
-    difficulties = [d for d in difficulty_order or [] if d in present] + sorted(
-        d for d in present if d not in (difficulty_order or []))
+    difficulties = ordered_difficulties(by_diff["difficulty"].dropna().unique(), difficulty_order)
     order = order or list(dict.fromkeys(evals["model"]))
     header = ["model", "effort", "accuracy", "mean tokens", "tokens (correct)"]
     header += [f"{d} acc / tok" for d in difficulties]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from tops.config import EFFORT_ORDER
-from tops.evaluate import markdown_table, summarize
+from tops.evaluate import markdown_table, ordered_difficulties, summarize
 
 EFFORT_COLORS = {"low": "#4c9be8", "medium": "#f0a030", "high": "#d9534f", "none": "#888888"}
 
@@ -22,9 +22,7 @@ def effort_shares(selected: pd.DataFrame, difficulty_order: list[str] | None = N
     frame = selected.assign(difficulty=selected["difficulty"].fillna("all"))
     shares = pd.crosstab(frame["difficulty"], frame["effort"], normalize="index")
     cols = [e for e in EFFORT_ORDER if e in shares.columns] + [c for c in shares.columns if c not in EFFORT_ORDER]
-    rows = [d for d in difficulty_order or [] if d in shares.index]
-    rows += [d for d in shares.index if d not in rows]
-    return shares.loc[rows, cols]
+    return shares.loc[ordered_difficulties(shares.index, difficulty_order), cols]
 
 
 def plot_accuracy_vs_tokens(evals: pd.DataFrame, path: Path) -> Path:

@@ -8,6 +8,7 @@ on easy ones — the shape TOPS needs.
 from __future__ import annotations
 
 import hashlib
+import operator
 import random
 
 import pandas as pd
@@ -94,6 +95,9 @@ def _no_carry_sum(a: int, b: int) -> int:
     return int("".join(str(d) for d in reversed(digits)))
 
 
+_APPLY = {"+": operator.add, "-": operator.sub}
+
+
 def _is_column_sum(values: list[int], ops: list[str]) -> bool:
     """Two multi-digit addends: the case column addition (with carries) is for."""
     return len(values) == 2 and ops == ["+"] and min(values) >= 10
@@ -126,7 +130,7 @@ def _working(values: list[int], ops: list[str]) -> list[str]:
         lines.append("To solve this, work left to right, one number at a time.")
     running = terms[0]
     for op, value in zip(term_ops, terms[1:], strict=True):
-        result = running + value if op == "+" else running - value
+        result = _APPLY[op](running, value)
         lines.append(f"{running} {op} {value} = {result}.")
         running = result
     return lines
@@ -142,7 +146,7 @@ def _check_lines(values: list[int], ops: list[str], result: int) -> list[str]:
     if all(op in _INVERSE for op in ops):
         lines, running = ["Let me double-check by undoing each step:"], result
         for op, value in reversed(list(zip(ops, values[1:], strict=True))):
-            previous = eval(f"{running} {_INVERSE[op]} {value}")
+            previous = _APPLY[_INVERSE[op]](running, value)
             lines.append(f"{running} {_INVERSE[op]} {value} = {previous}.")
             running = previous
         lines.append(f"That is the first number, {values[0]}. Correct.")

@@ -203,16 +203,13 @@ def open_out_dir(out_dir: Path, key: str) -> dict | None:
     return None
 
 
-def prune_checkpoints(out_dir: Path) -> int:
+def prune_checkpoints(out_dir: Path) -> None:
     """Delete the Trainer checkpoints of a finished run (the run key file stays, so the folder
-    is still recognised); returns the bytes freed."""
+    is still recognised)."""
     import shutil
 
-    freed = 0
     for checkpoint in (out_dir / "checkpoints").glob("checkpoint-*"):
-        freed += sum(f.stat().st_size for f in checkpoint.rglob("*") if f.is_file())
         shutil.rmtree(checkpoint)
-    return freed
 
 
 def last_checkpoint(out_dir: Path) -> str | None:
