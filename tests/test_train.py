@@ -139,13 +139,16 @@ def test_everything_masked_is_named(tiny_model_dir):
 
 
 @pytest.mark.slow
-def test_masked_tokens_get_no_gradient(tiny_model_dir, tmp_path):
-    """Through TRL's own loss: the hidden state predicting a masked token gets exactly zero
-    gradient, every trained position a non-zero one."""
+@pytest.mark.parametrize("fused", [True, False], ids=["trl-fused-head", "model-loss"])
+def test_masked_tokens_get_no_gradient(tiny_model_dir, tmp_path, fused):
+    """Through the trainer's loss (TRL's fused head or the model's own): the hidden state
+    predicting a masked token gets exactly zero gradient, every trained position a non-zero one."""
     from tops.train.sft import build_sft_trainer
 
     trainer, _, _ = build_sft_trainer(sft_rows(8, steps=True), tiny_model_dir, tmp_path / "m",
-                                      tiny_cfg(lora={"enabled": False}), PROMPTS, progress=False)
+                                      tiny_cfg(lora={"enabled": False}, fused_lm_head=fused), PROMPTS,
+                                      progress=False)
+    assert trainer.fused_lm_head is fused
     model = trainer.model
     model.train()
     captured = {}
@@ -164,6 +167,25 @@ def test_masked_tokens_get_no_gradient(tiny_model_dir, tmp_path):
     assert (inside & ~predicts_trained).sum() > 0, "no masked response token in the batch"
     assert (grad[~predicts_trained] == 0).all()
     assert (grad[predicts_trained] > 0).all()
+
+
+def test_fused_head_and_model_loss_agree(tiny_model_dir, tmp_path):
+    """The CPU default (the model's own loss) trains on the same objective as TRL's fused head."""
+    import torch
+
+    from tops.train.sft import build_sft_trainer
+
+    losses = {}
+    for fused in (True, False):
+        trainer, _, _ = build_sft_trainer(sft_rows(8, steps=True), tiny_model_dir, tmp_path / f"m{fused}",
+                                          tiny_cfg(lora={"enabled": False}, fused_lm_head=fused), PROMPTS,
+                                          progress=False)
+        batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+        with torch.no_grad():
+            losses[fused] = float(trainer.compute_loss(trainer.model, batch))
+    assert losses[True] > 0
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+    assert TrainConfig().fused_lm_head is None  # auto: fused with CUDA only
 
 
 # ---------------------------------------------------------------- SFT, LoRA merge, resume

@@ -396,6 +396,10 @@ class TrainConfig(Strict):
     gradient_checkpointing: bool = False  # saves memory on long sequences, costs ~30% compute
     model_dtype: Literal["float32", "bfloat16", "auto"] = "float32"  # weights while training
     attn_implementation: str | None = None  # e.g. "flash_attention_2" on GPUs
+    # SFT: TRL's chunked log-prob LM head never builds the full logits (memory on GPUs, large
+    # vocabularies) but runs the head in float32: on CPU it took ~1.5 s of a 4 s SmolLM2 step.
+    # None: on with CUDA, off on CPU (the model's own loss under bf16 autocast).
+    fused_lm_head: bool | None = None
     # DPO: None = learning_rate / 20 (the paper: SFT 1e-5, Iter-DPO 5e-7) and `epochs`.
     dpo_learning_rate: float | None = Field(None, gt=0)
     dpo_epochs: float | None = Field(None, gt=0)

@@ -35,6 +35,7 @@ from tops.train.common import (
     run_key,
     train_and_save,
     trainer_args,
+    uses_cpu,
 )
 from tops.train.examples import SFTExamples, build_sft_examples
 
@@ -102,8 +103,19 @@ def _trainer_class():
         the real tokens and positions of the batches it trains on (padding share, tokens/s)."""
 
         bucket_lengths: list[int] | None = None
+        fused_lm_head = True
         real_tokens = 0
         positions = 0
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self.fused_lm_head:
+                return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                            num_items_in_batch=num_items_in_batch)
+            # The model's own loss (full logits); TRL's entropy / token-accuracy metrics are skipped.
+            from transformers import Trainer
+
+            return Trainer.compute_loss(self, model, {**inputs, "use_cache": False}, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
 
         def _get_train_sampler(self, train_dataset=None):
             if self.bucket_lengths is None:
@@ -166,6 +178,7 @@ def build_sft_trainer(data: pd.DataFrame, base_model: str | Path, out_dir: Path,
     trainer = _trainer_class()(model=str(base_model), args=args, train_dataset=dataset,
                                processing_class=tokenizer, peft_config=lora_config(cfg),
                                callbacks=callbacks)
+    trainer.fused_lm_head = cfg.fused_lm_head if cfg.fused_lm_head is not None else not uses_cpu()
     if batching_for(cfg) == "length_grouped":
         trainer.bucket_lengths = [len(ids) for ids in examples.input_ids]
     if not progress:
