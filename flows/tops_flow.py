@@ -346,11 +346,16 @@ def run_loop(cfg: TopsConfig) -> dict:
                                 cfg=cfg, samples=it_samples)
         loop.publish(f"{it}/verified.parquet", it_verified)
         correct = read_artifact(it_verified, "verified").groupby("problem_id")["correct"]
-        usable = correct.any() & ~correct.all() if f.iter_method == "dpo" else correct.any()
+        if f.iter_method == "dpo":
+            usable = correct.any() & ~correct.all()
+        else:  # what select will keep: a correct response, from a reliable enough effort
+            usable = correct.mean() >= (cfg.select.min_effort_accuracy or 1e-9)
         if not usable.any():
             # Nothing to learn from: keep the model rather than fail a long run at its end.
-            loop.notes.append(f"{it}: no problem gave {'a preference pair' if f.iter_method == 'dpo' else 'a correct response'}; "
-                              "the model was left unchanged")
+            wanted = "a preference pair" if f.iter_method == "dpo" else "a correct response"
+            if f.iter_method != "dpo" and cfg.select.min_effort_accuracy:
+                wanted += f" in at least {cfg.select.min_effort_accuracy:.0%} of its samples"
+            loop.notes.append(f"{it}: no problem gave {wanted}; the model was left unchanged")
             get_run_logger().warning(loop.notes[-1])
             loop.publish(f"models/{it}", latest)
         elif f.iter_method == "dpo":

@@ -38,6 +38,12 @@ def test_unknown_config_key_in_file(tmp_path):
     assert not (tmp_path / "p.parquet").exists()
 
 
+def test_unknown_option_is_a_usage_error_not_a_traceback(tmp_path):
+    result = tops("select", "--in", str(tmp_path / "v.parquet"), "--polcy", "shortest")
+    assert result.returncode == 2
+    assert "No such option" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_missing_input_file(tmp_path):
     result = tops("verify", "--in", str(tmp_path / "nope.parquet"), "--out", str(tmp_path / "v.parquet"))
     assert_user_error(result, "nope.parquet", "file not found")

@@ -36,6 +36,9 @@ def test_overrides_are_typed():
     ("generate.sampling.tempreature=1", "generate.sampling.tempreature"),
     ("generate.efforts=[low, extreme]", "extreme"),
     ("problems.source.kind=csv", "problems.source"),
+    ("generate.n_samples_by_effort={lwo: 4}", "generate.n_samples_by_effort: unknown effort 'lwo'"),
+    ("generate.n_samples_by_effort={low: 0}", "generate.n_samples_by_effort.low"),
+    ("select.min_effort_accuracy=0", "select.min_effort_accuracy"),
 ])
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(UserError) as err:

@@ -42,6 +42,22 @@ def test_vllm_generate_writes_valid_samples(tmp_path, vllm_engine, smoke_config)
     assert not out.with_name(out.name + ".shards").exists()
 
 
+def test_per_effort_sample_counts(tmp_path, vllm_engine, smoke_config):
+    problems = load_problems(smoke_config.problems, n=3)
+    cfg = smoke_config.generate.model_copy(update={"n_samples": 1, "n_samples_by_effort": {"low": 3},
+                                                   "shard_size": 4})
+    samples, summary = generate_samples(problems, vllm_engine, cfg, smoke_config.efforts.prompts,
+                                        tmp_path / "s.parquet", model_name="tiny", progress=False)
+    counts = samples.groupby(["problem_id", "effort"]).size().unstack()
+    assert (counts["low"] == 3).all() and (counts["medium"] == 1).all() and (counts["high"] == 1).all()
+    assert sorted(samples.loc[samples["effort"] == "low", "sample_idx"].unique()) == [0, 1, 2]
+    assert summary["rows"] == 3 * (3 + 1 + 1)
+    assert summary["n_samples_by_effort"] == {"low": 3, "medium": 1, "high": 1}
+    # Shards mix efforts (4 prompts each): rows still come back problem-major, efforts in order.
+    first = samples.drop_duplicates(["problem_id", "effort"])
+    assert first["effort"].tolist() == ["low", "medium", "high"] * 3
+
+
 def test_truncated_responses_are_marked(vllm_engine, smoke_config):
     reqs = [Request([{"role": "user", "content": "What is 1 + 1?"}])]
     out = vllm_engine.generate(reqs, 3, SamplingConfig(max_tokens=2, temperature=1.0))

@@ -86,7 +86,12 @@ def make_run(run: Path) -> Path:
     record_stage(run / "stages" / "mask-tops-0123abcd.parquet", "mask", rows=4,
                  summary={"masked_rows_share": 0.25})
     record_stage(run / "stages" / "mask-old-99999999.parquet", "mask", rows=3)
-    (run / "lineage.json").write_text(json.dumps({"masked.parquet": str(run / "stages" / "mask-tops-0123abcd.parquet")}))
+    record_stage(run / "stages" / "select-tops-0123abcd.parquet", "select", rows=4,
+                 config={"select": {"policy": "shortest", "min_effort_accuracy": 0.75}},
+                 summary={"dropped_unreliable": 3})
+    (run / "lineage.json").write_text(json.dumps({
+        "masked.parquet": str(run / "stages" / "mask-tops-0123abcd.parquet"),
+        "selected.parquet": str(run / "stages" / "select-tops-0123abcd.parquet")}))
     # Leftovers that are not exported: an empty artifact, shards, problems.
     write_artifact(evals.iloc[:0], run / "iter1" / "eval.parquet", "eval")
     (run / "samples.parquet.shards").mkdir()
@@ -176,7 +181,8 @@ def test_local_dir_loads_back_with_the_same_rows(run_dir, tmp_path):
     for needle in ("2502.18080", "Thinking-Optimal Scaling", "`iter1/verified.parquet`",
                    "shortest", "Be brief.", "masked rows share", "tiny-model", "Split rule",
                    "superseded by `verified.parquet`", "base_url", "no rows: `iter1/eval.parquet`",
-                   "mask-tops-0123abcd", "a random correct response"):
+                   "mask-tops-0123abcd", "a random correct response",
+                   "right on at least 75% of their samples", "3 problems whose only correct"):
         assert needle in body, needle
     assert "mask-old-99999999" not in body  # not in the run's lineage
     assert "hunter2" not in body  # credentials in URLs are scrubbed from the config

@@ -187,6 +187,57 @@ def test_laser_d_without_length_bonus_is_the_random_policy():
     assert picks(a) == picks(b)
 
 
+def lucky_guess_case() -> pd.DataFrame:
+    """guess: low right 1 time in 4 (short), medium right. skill: low right 3 in 4.
+    luck-only: low right 1 in 4, medium and high wrong."""
+    rows = [("guess", "low", i, 5, i == 2) for i in range(4)]
+    rows += [("guess", "medium", 0, 60, True), ("guess", "high", 0, 90, False)]
+    rows += [("skill", "low", i, 6 + i, i != 1) for i in range(4)]
+    rows += [("skill", "medium", 0, 50, True), ("skill", "high", 0, 80, True)]
+    rows += [("luck-only", "low", i, 5, i == 0) for i in range(4)]
+    rows += [("luck-only", "medium", 0, 60, False), ("luck-only", "high", 0, 90, False)]
+    return verified(rows)
+
+
+def test_min_effort_accuracy_keeps_skill_and_drops_lucky_guesses():
+    plain, _ = select_responses(lucky_guess_case(), SelectConfig())
+    assert picks(plain) == {"guess": "guess/low/2", "skill": "skill/low/0", "luck-only": "luck-only/low/0"}
+    selected, summary = select_responses(lucky_guess_case(), SelectConfig(min_effort_accuracy=0.75))
+    # 3 of 4 passes 0.75 exactly; the guesses give way to the working or drop the problem.
+    assert picks(selected) == {"guess": "guess/medium/0", "skill": "skill/low/0"}
+    assert summary["dropped_unreliable"] == 1 and summary["dropped"] == 1
+    assert summary["unreliable_excluded"] == 2  # guess/low/2 and luck-only/low/0
+    assert summary["min_effort_accuracy"] == 0.75
+    strict, _ = select_responses(lucky_guess_case(), SelectConfig(min_effort_accuracy=1.0))
+    assert picks(strict) == {"guess": "guess/medium/0", "skill": "skill/medium/0"}
+
+
+def test_min_effort_accuracy_narrows_random_and_laser_too():
+    for policy in ("random", "laser-d"):
+        for seed in range(5):
+            selected, _ = select_responses(lucky_guess_case(),
+                                           SelectConfig(policy=policy, seed=seed, min_effort_accuracy=0.75))
+            assert picks(selected)["guess"] == "guess/medium/0"
+            assert "luck-only" not in picks(selected)
+
+
+def test_random_draws_an_effort_first_so_extra_samples_do_not_tilt_it():
+    rows = []
+    for p in range(400):
+        rows += [(f"p{p}", "low", i, 10 + i, True) for i in range(4)]
+        rows.append((f"p{p}", "high", 0, 100, True))
+    selected, _ = select_responses(verified(rows), SelectConfig(policy="random", seed=3))
+    low_share = (selected["effort"] == "low").mean()
+    assert 0.42 < low_share < 0.58  # per sample it would be 0.8
+    assert selected.loc[selected["effort"] == "low", "sample_idx"].nunique() == 4
+
+
+def test_min_effort_accuracy_is_validated():
+    for bad in (0, 1.5, -0.1):
+        with pytest.raises(ValidationError, match="min_effort_accuracy"):
+            SelectConfig(min_effort_accuracy=bad)
+
+
 def test_laser_config_needs_every_bucket():
     with pytest.raises(ValidationError, match="easy, medium and hard"):
         LaserConfig(expected_correct={"easy": 5, "medium": 2})

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from tops.errors import UserError
@@ -267,18 +266,14 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # The ephemeral Prefect server can take longer than its default 20 s on a busy 2-core machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    # Typer's standalone mode reports its own usage errors (unknown option, missing argument:
+    # exit 2) and Ctrl-C; our input errors surface as UserError. Newer typer versions vendor
+    # click, so catching click's exception classes here would miss theirs.
     try:
-        app(args=argv, prog_name="tops", standalone_mode=False)
+        app(args=argv, prog_name="tops")
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except click.exceptions.UsageError as exc:
-        exc.show()
-        sys.exit(2)
-    except click.exceptions.Abort:
-        sys.exit(130)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":

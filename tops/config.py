@@ -249,10 +249,16 @@ DepthControlConfig = Annotated[BudgetForcingConfig | AlphaOneConfig, Field(discr
 class GenerateConfig(Strict):
     efforts: list[str] = Field(default_factory=lambda: list(EFFORT_ORDER))
     n_samples: int = Field(1, ge=1)
+    # Effort name -> samples of that effort, instead of n_samples. {low: 4}: the short effort
+    # is cheap to sample again, and select.min_effort_accuracy then tells skill from luck.
+    n_samples_by_effort: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
     shard_size: int = Field(256, ge=1)  # (problem, effort) prompts per resumable shard
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     # Effort name -> depth control applied when sampling that effort (tops/depth.py).
     depth: dict[str, DepthControlConfig] = Field(default_factory=dict)
+
+    def samples_for(self, effort: str) -> int:
+        return self.n_samples_by_effort.get(effort, self.n_samples)
 
 
 class VerifyConfig(Strict):
@@ -279,6 +285,10 @@ class LaserConfig(Strict):
 class SelectConfig(Strict):
     policy: Literal["shortest", "random", "laser-d"] = "shortest"
     seed: int = 0
+    # Only efforts that solved at least this share of their samples of a problem supply
+    # candidates (None: every correct response does). Pair with generate.n_samples_by_effort,
+    # e.g. {low: 4} and 0.75: a direct answer must be right 3 times in 4, not once by luck.
+    min_effort_accuracy: float | None = Field(None, gt=0, le=1)
     add_seed_low: bool = False
     laser: LaserConfig = Field(default_factory=LaserConfig)
 
@@ -478,9 +488,11 @@ class TopsConfig(Strict):
                     raise ValueError(f"{where}: unknown effort '{name}' (known: {', '.join(sorted(known))})")
         if self.train.system_prompt not in known | {"effort"}:
             raise ValueError(f"train.system_prompt: unknown effort '{self.train.system_prompt}'")
-        for name in self.generate.depth:
-            if name not in known:
-                raise ValueError(f"generate.depth: unknown effort '{name}' (known: {', '.join(sorted(known))})")
+        for where, names in (("generate.depth", self.generate.depth),
+                             ("generate.n_samples_by_effort", self.generate.n_samples_by_effort)):
+            for name in names:
+                if name not in known:
+                    raise ValueError(f"{where}: unknown effort '{name}' (known: {', '.join(sorted(known))})")
         for stage in self.flow.train_overrides:
             try:
                 self.train_config(stage)

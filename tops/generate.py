@@ -57,6 +57,21 @@ def _shard_rows(problems: pd.DataFrame, requests: list[Request], completions, mo
     return pd.DataFrame(rows)
 
 
+def _generate_shard(engine: Engine, shard: list[Request], n_by_effort: dict[str, int],
+                    cfg: GenerateConfig, depth: dict) -> list[list]:
+    """One engine call per distinct sample count in the shard (one call in the usual case of a
+    single n_samples); completions come back in request order."""
+    by_n: dict[int, list[int]] = {}
+    for i, request in enumerate(shard):
+        by_n.setdefault(n_by_effort[request.meta["effort"]], []).append(i)
+    completions: list[list] = [[] for _ in shard]
+    for n, positions in by_n.items():
+        results = generate_with_depth(engine, [shard[i] for i in positions], n, cfg.sampling, depth)
+        for i, samples in zip(positions, results, strict=True):
+            completions[i] = samples
+    return completions
+
+
 def _progress(enabled: bool) -> Progress:
     return Progress(
         TextColumn("[bold]generate"), BarColumn(), MofNCompleteColumn(), TextColumn("prompts"),
@@ -82,6 +97,9 @@ def generate_samples(
     requests = build_requests(problems, cfg.efforts, prompts)
     settings = {"model": model_name, "n": cfg.n_samples, "sampling": cfg.sampling.model_dump(),
                 "prompts": {e: prompts[e] for e in cfg.efforts}}
+    n_by_effort = {e: cfg.samples_for(e) for e in cfg.efforts}
+    if cfg.n_samples_by_effort:  # only when set, so shards of earlier runs keep their keys
+        settings["n_by_effort"] = n_by_effort
     depth = {e: cfg.depth[e] for e in cfg.efforts if e in cfg.depth}
     if depth:  # only when set, so shards of runs without depth controls keep their keys
         settings["depth"] = {e: c.model_dump() for e, c in depth.items()}
@@ -101,7 +119,7 @@ def generate_samples(
             if output.is_done(index, key):
                 bar.advance(task, len(shard))
                 continue
-            completions = generate_with_depth(engine, shard, cfg.n_samples, cfg.sampling, depth)
+            completions = _generate_shard(engine, shard, n_by_effort, cfg, depth)
             frame = _shard_rows(problems, shard, completions, model_name)
             output.write(index, key, frame)
             generated_tokens += int(frame["n_tokens"].sum())
@@ -114,6 +132,7 @@ def generate_samples(
         "rows": int(len(samples)),
         "efforts": list(cfg.efforts),
         "n_samples": cfg.n_samples,
+        **({"n_samples_by_effort": n_by_effort} if cfg.n_samples_by_effort else {}),
         "shards": len(plan),
         "shards_resumed": int(resumed),
         "generated_tokens": generated_tokens,

@@ -432,6 +432,15 @@ def _section_sft(dd: Any, masked: bool, manifests: dict[str, dict], outputs: set
              "One response per problem that has a correct one; the `policy` column names the rule:", ""]
     lines += [f"- `{p}` ({n} rows): {_POLICY_TEXT.get(p, 'see the run configuration')}"
               for p, n in policies.items()]
+    selects = sorted(_stage_records(manifests, "select"), key=lambda e: e.get("output") not in outputs)
+    for entry in selects[:1]:
+        threshold = ((entry.get("config") or {}).get("select") or {}).get("min_effort_accuracy")
+        if threshold:
+            dropped = (entry.get("summary") or {}).get("dropped_unreliable", "?")
+            lines += ["", f"Candidates came only from efforts right on at least {threshold:.0%} of their "
+                          f"samples of the problem (`select.min_effort_accuracy`), so a lucky guess is not "
+                          f"taken for a short answer; {dropped} problems whose only correct responses were "
+                          "such guesses were dropped."]
     lines += ["", _md_table(["split", "effort", "rows", "mean tokens", "median", "min", "max",
                              "masked rows share"], rows), "", "### Erroneous-step masking", ""]
     if not masked:

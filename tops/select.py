@@ -2,8 +2,14 @@
 
 Policies (SelectConfig.policy):
 - `shortest`: TOPS. The correct response with the fewest tokens, over all efforts and samples.
-- `random`: the paper's baseline. Any correct response, drawn by a seeded hash.
+- `random`: the paper's baseline. A correct response of a randomly drawn effort (seeded hash).
 - `laser-d`: LASER-D's difficulty-aware length budget used as a selection score.
+
+`min_effort_accuracy` narrows the candidates of every policy to the correct responses of
+efforts that solved at least that share of their samples of the problem. Why: "shortest
+correct" rewards lucky guesses. A 135M model answering a long chain directly is right a few
+percent of the time (small answer space), and one such guess beats every correct working
+on length; sampling the cheap low effort several times tells a guess from a skill.
 
 Everything is vectorised: each policy is one lexsort of integer keys followed by taking the
 first row of each problem, so a million samples take about a second.
@@ -100,9 +106,12 @@ class SampleKeys:
         return spread
 
 
-def random_keys(verified: pd.DataFrame, seed: int) -> np.ndarray:
-    """A uint64 draw per sample from a hash of (seed, problem_id, effort, sample_idx).
+def random_keys(verified: pd.DataFrame, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two uint64 sort keys per sample: a draw per (seed, problem_id, effort), then one per
+    sample within it.
 
+    Sorting by both picks an effort uniformly among those with a candidate, then one of its
+    samples, so an effort sampled 4 times is not 4 times as likely as one sampled once.
     Hashing the sample's identity instead of drawing from a generator makes the choice
     independent of row order and of which other rows are present.
     """
@@ -110,9 +119,20 @@ def random_keys(verified: pd.DataFrame, seed: int) -> np.ndarray:
         "seed": np.full(len(verified), seed, dtype=np.int64),
         "problem_id": verified["problem_id"].to_numpy(),
         "effort": verified["effort"].to_numpy(),
-        "sample_idx": verified["sample_idx"].to_numpy(dtype=np.int64),
     })
-    return pd.util.hash_pandas_object(identity, index=False).to_numpy()
+    per_effort = pd.util.hash_pandas_object(identity, index=False).to_numpy()
+    identity["sample_idx"] = verified["sample_idx"].to_numpy(dtype=np.int64)
+    per_sample = pd.util.hash_pandas_object(identity, index=False).to_numpy()
+    return per_effort, per_sample
+
+
+def reliable_efforts(keys: SampleKeys, min_accuracy: float) -> np.ndarray:
+    """Per sample: did its (problem, effort) get at least `min_accuracy` of its samples right?"""
+    group = keys.problem * len(keys.efforts) + keys.effort
+    n = np.bincount(group, minlength=keys.n_problems * len(keys.efforts))
+    n_correct = np.bincount(group, weights=keys.correct, minlength=len(n))
+    # A small tolerance so that 3 of 4 passes 0.75 despite float rounding.
+    return (n_correct[group] >= min_accuracy * n[group] - 1e-9)
 
 
 def laser_buckets(keys: SampleKeys) -> np.ndarray:
@@ -147,7 +167,8 @@ def laser_targets(keys: SampleKeys, bucket: np.ndarray, cfg: LaserConfig) -> dic
     return targets
 
 
-def _laser_pick(verified: pd.DataFrame, keys: SampleKeys, cfg: SelectConfig) -> tuple[np.ndarray, dict]:
+def _laser_pick(verified: pd.DataFrame, keys: SampleKeys, candidate: np.ndarray,
+                cfg: SelectConfig) -> tuple[np.ndarray, dict]:
     """Highest LASER score among correct responses: 1 + alpha if within the bucket's target.
 
     Equal scores are broken by the seeded random draw, not by length: with a length
@@ -159,9 +180,9 @@ def _laser_pick(verified: pd.DataFrame, keys: SampleKeys, cfg: SelectConfig) -> 
     targets = laser_targets(keys, bucket, cfg.laser)
     target_of_bucket = np.array([-1 if targets[name] is None else targets[name]
                                  for name in LASER_BUCKETS], dtype=np.int64)
-    within = keys.correct & (keys.n_tokens <= target_of_bucket[bucket[keys.problem]])
+    within = candidate & (keys.n_tokens <= target_of_bucket[bucket[keys.problem]])
     score = 1.0 + cfg.laser.alpha * within
-    rows = keys.shortest(np.flatnonzero(keys.correct), -score, random_keys(verified, cfg.seed))
+    rows = keys.shortest(np.flatnonzero(candidate), -score, *random_keys(verified, cfg.seed))
     counts = np.bincount(bucket, minlength=len(LASER_BUCKETS))
     extra = {
         "laser_targets": targets,
@@ -178,7 +199,9 @@ def select_responses(
 ) -> tuple[pd.DataFrame, dict]:
     """One response per problem by `cfg.policy`, plus the seed set's low-effort rows if given.
 
-    Problems without a correct response are dropped (counted in the summary). Ties between
+    Problems without a correct response are dropped (counted in the summary), and so are
+    those whose only correct responses come from efforts below `cfg.min_effort_accuracy`
+    (counted as `dropped_unreliable`). Ties between
     equally long responses go to the lower effort (low < medium < high < others
     alphabetically), then the lower sample_idx, so the result does not depend on row order.
     Output: SELECTED_COLUMNS, then `difficulty`, `sample_idx` and the input's extra columns;
@@ -190,13 +213,27 @@ def select_responses(
     require_columns(verified, list(VERIFIED_COLUMNS), "verified input")
     keys = SampleKeys.of(verified)
     correct_rows = np.flatnonzero(keys.correct)
+    candidate = keys.correct
     policy_summary: dict[str, Any] = {}
+    if cfg.min_effort_accuracy is not None:
+        candidate = keys.correct & reliable_efforts(keys, cfg.min_effort_accuracy)
+        solved = np.zeros(keys.n_problems, dtype=bool)
+        solved[keys.problem[correct_rows]] = True
+        kept = np.zeros(keys.n_problems, dtype=bool)
+        kept[keys.problem[candidate]] = True
+        policy_summary = {
+            "min_effort_accuracy": cfg.min_effort_accuracy,
+            "unreliable_excluded": int(len(correct_rows) - candidate.sum()),
+            "dropped_unreliable": int((solved & ~kept).sum()),
+        }
+    candidate_rows = np.flatnonzero(candidate)
     if cfg.policy == "shortest":
-        rows = keys.shortest(correct_rows)
+        rows = keys.shortest(candidate_rows)
     elif cfg.policy == "random":
-        rows = keys.shortest(correct_rows, random_keys(verified, cfg.seed))
+        rows = keys.shortest(candidate_rows, *random_keys(verified, cfg.seed))
     else:
-        rows, policy_summary = _laser_pick(verified, keys, cfg)
+        rows, laser_summary = _laser_pick(verified, keys, candidate, cfg)
+        policy_summary.update(laser_summary)
 
     selected = _selected_frame(verified, rows, cfg.policy)
     summary = {
