@@ -26,6 +26,7 @@ from flows.cache import CACHE_DIR, cache_key, stage_key
 from tops.artifacts import read_artifact, write_artifact
 from tops.config import EFFORT_ORDER, GenerateConfig, TopsConfig, config_section, load_config
 from tops.errors import UserError
+from tops.select import SampleKeys, candidates
 from tops.stages import EVAL_SEED_OFFSET
 
 CACHED = {"cache_key_fn": cache_key, "persist_result": True}
@@ -345,12 +346,13 @@ def run_loop(cfg: TopsConfig) -> dict:
         it_verified = loop.call(verify_task, f"verify-{it}", config_section(cfg, "verify"), {"samples": it_samples},
                                 cfg=cfg, samples=it_samples)
         loop.publish(f"{it}/verified.parquet", it_verified)
-        correct = read_artifact(it_verified, "verified").groupby("problem_id")["correct"]
+        it_rows = read_artifact(it_verified, "verified")
         if f.iter_method == "dpo":
-            usable = correct.any() & ~correct.all()
-        else:  # what select will keep: a correct response, from a reliable enough effort
-            usable = correct.mean() >= (cfg.select.min_effort_accuracy or 1e-9)
-        if not usable.any():
+            correct = it_rows.groupby("problem_id")["correct"]
+            usable = bool((correct.any() & ~correct.all()).any())
+        else:  # select's own rule: a correct response from a reliable enough effort
+            usable = bool(candidates(SampleKeys.of(it_rows), cfg.select.min_effort_accuracy).any())
+        if not usable:
             # Nothing to learn from: keep the model rather than fail a long run at its end.
             wanted = "a preference pair" if f.iter_method == "dpo" else "a correct response"
             if f.iter_method != "dpo" and cfg.select.min_effort_accuracy:

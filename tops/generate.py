@@ -15,7 +15,7 @@ import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tops.artifacts import ShardedOutput, fingerprint
-from tops.config import GenerateConfig
+from tops.config import GenerateConfig, SamplingConfig
 from tops.depth import generate_with_depth
 from tops.engines import Engine, Request
 from tops.errors import UserError
@@ -58,7 +58,7 @@ def _shard_rows(problems: pd.DataFrame, requests: list[Request], completions, mo
 
 
 def _generate_shard(engine: Engine, shard: list[Request], n_by_effort: dict[str, int],
-                    cfg: GenerateConfig, depth: dict) -> list[list]:
+                    sampling: SamplingConfig, depth: dict) -> list[list]:
     """One engine call per distinct sample count in the shard (one call in the usual case of a
     single n_samples); completions come back in request order."""
     by_n: dict[int, list[int]] = {}
@@ -66,7 +66,7 @@ def _generate_shard(engine: Engine, shard: list[Request], n_by_effort: dict[str,
         by_n.setdefault(n_by_effort[request.meta["effort"]], []).append(i)
     completions: list[list] = [[] for _ in shard]
     for n, positions in by_n.items():
-        results = generate_with_depth(engine, [shard[i] for i in positions], n, cfg.sampling, depth)
+        results = generate_with_depth(engine, [shard[i] for i in positions], n, sampling, depth)
         for i, samples in zip(positions, results, strict=True):
             completions[i] = samples
     return completions
@@ -119,7 +119,7 @@ def generate_samples(
             if output.is_done(index, key):
                 bar.advance(task, len(shard))
                 continue
-            completions = _generate_shard(engine, shard, n_by_effort, cfg, depth)
+            completions = _generate_shard(engine, shard, n_by_effort, cfg.sampling, depth)
             frame = _shard_rows(problems, shard, completions, model_name)
             output.write(index, key, frame)
             generated_tokens += int(frame["n_tokens"].sum())

@@ -397,6 +397,12 @@ def _stage_records(manifests: dict[str, dict], stage: str) -> list[dict]:
             if isinstance(entry, dict) and entry.get("stage") == stage]
 
 
+def _record_for(manifests: dict[str, dict], stage: str, outputs: set[str]) -> dict | None:
+    """The stage's record of one of `outputs` if there is one, else its first record."""
+    records = sorted(_stage_records(manifests, stage), key=lambda e: e.get("output") not in outputs)
+    return records[0] if records else None
+
+
 def _mean(series) -> str:
     return f"{float(series.mean()):.1f}" if len(series) else "-"
 
@@ -432,11 +438,14 @@ def _section_sft(dd: Any, masked: bool, manifests: dict[str, dict], outputs: set
              "One response per problem that has a correct one; the `policy` column names the rule:", ""]
     lines += [f"- `{p}` ({n} rows): {_POLICY_TEXT.get(p, 'see the run configuration')}"
               for p, n in policies.items()]
-    selects = sorted(_stage_records(manifests, "select"), key=lambda e: e.get("output") not in outputs)
-    for entry in selects[:1]:
-        threshold = ((entry.get("config") or {}).get("select") or {}).get("min_effort_accuracy")
+    # The select record behind the sft rows: the masking stage's input, else the rows themselves.
+    mask_entry = _record_for(manifests, "mask", outputs) if masked else None
+    selected_path = (((mask_entry or {}).get("inputs") or {}).get("selected") or {}).get("path")
+    select_entry = _record_for(manifests, "select", {Path(selected_path).name} if selected_path else outputs)
+    if select_entry:
+        threshold = ((select_entry.get("config") or {}).get("select") or {}).get("min_effort_accuracy")
         if threshold:
-            dropped = (entry.get("summary") or {}).get("dropped_unreliable", "?")
+            dropped = (select_entry.get("summary") or {}).get("dropped_unreliable", "?")
             lines += ["", f"Candidates came only from efforts right on at least {threshold:.0%} of their "
                           f"samples of the problem (`select.min_effort_accuracy`), so a lucky guess is not "
                           f"taken for a short answer; {dropped} problems whose only correct responses were "
@@ -453,10 +462,9 @@ def _section_sft(dd: Any, masked: bool, manifests: dict[str, dict], outputs: set
         "the loss while training on the rest, including the reflection that fixes them; "
         "`n_rounds` / `n_erroneous_rounds` count reasoning rounds (a round ends with an answer).",
         ""]
-    records = sorted(_stage_records(manifests, "mask"), key=lambda e: e.get("output") not in outputs)
-    for entry in records[:1]:
-        cfg = (entry.get("config") or {}).get("mask", {})
-        summary = entry.get("summary") or {}
+    if mask_entry:
+        cfg = (mask_entry.get("config") or {}).get("mask", {})
+        summary = mask_entry.get("summary") or {}
         facts = {"enabled": cfg.get("enabled", summary.get("enabled")),
                  "mode": cfg.get("mode", summary.get("mode")),
                  "step split": cfg.get("step_split"),

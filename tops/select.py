@@ -135,6 +135,13 @@ def reliable_efforts(keys: SampleKeys, min_accuracy: float) -> np.ndarray:
     return (n_correct[group] >= min_accuracy * n[group] - 1e-9)
 
 
+def candidates(keys: SampleKeys, min_effort_accuracy: float | None) -> np.ndarray:
+    """Per sample: may a policy select it? Correct, and from a reliable enough effort if asked."""
+    if min_effort_accuracy is None:
+        return keys.correct
+    return keys.correct & reliable_efforts(keys, min_effort_accuracy)
+
+
 def laser_buckets(keys: SampleKeys) -> np.ndarray:
     """Per problem, 0/1/2 = easy/medium/hard from its pass rate (>= 2/3, >= 1/3, < 1/3)."""
     n = np.bincount(keys.problem, minlength=keys.n_problems)
@@ -213,20 +220,16 @@ def select_responses(
     require_columns(verified, list(VERIFIED_COLUMNS), "verified input")
     keys = SampleKeys.of(verified)
     correct_rows = np.flatnonzero(keys.correct)
-    candidate = keys.correct
+    candidate = candidates(keys, cfg.min_effort_accuracy)
+    candidate_rows = np.flatnonzero(candidate)
     policy_summary: dict[str, Any] = {}
     if cfg.min_effort_accuracy is not None:
-        candidate = keys.correct & reliable_efforts(keys, cfg.min_effort_accuracy)
-        solved = np.zeros(keys.n_problems, dtype=bool)
-        solved[keys.problem[correct_rows]] = True
-        kept = np.zeros(keys.n_problems, dtype=bool)
-        kept[keys.problem[candidate]] = True
         policy_summary = {
             "min_effort_accuracy": cfg.min_effort_accuracy,
-            "unreliable_excluded": int(len(correct_rows) - candidate.sum()),
-            "dropped_unreliable": int((solved & ~kept).sum()),
+            "unreliable_excluded": int(len(correct_rows) - len(candidate_rows)),
+            "dropped_unreliable": len(np.unique(keys.problem[correct_rows]))
+                                  - len(np.unique(keys.problem[candidate_rows])),
         }
-    candidate_rows = np.flatnonzero(candidate)
     if cfg.policy == "shortest":
         rows = keys.shortest(candidate_rows)
     elif cfg.policy == "random":
