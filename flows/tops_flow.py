@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import pandas as pd
 import yaml
 from prefect import flow, get_run_logger, task
 
-from flows.cache import CACHE_DIR, cache_key, stage_key
+from flows.cache import CACHE_DIR, cache_key, is_complete, stage_key
 from tops.artifacts import read_artifact, write_artifact
 from tops.config import EFFORT_ORDER, GenerateConfig, TopsConfig, config_section, load_config
 from tops.errors import UserError
@@ -129,7 +130,10 @@ def _is_oom(exc: BaseException) -> bool:
     return "out of memory" in str(exc).lower() or exc.__class__.__name__ == "OutOfMemoryError"
 
 
-@task(name="train", **CACHED)
+# No print capture here: datasets fingerprints map functions with dill, which reads globals off
+# dis.dis() output it captures from stdout; Prefect's print capture bypassed that capture and
+# logged pages of bytecode per training run.
+@task(name="train", log_prints=False, **CACHED)
 def train_task(cfg: TopsConfig, key: str, out: str, run_dir: str, stage: str, method: str, data: str,
                data_kind: str, base_model: str) -> str:
     """SFT or DPO; on out-of-memory, retries with half the batch and twice the accumulation
@@ -183,6 +187,37 @@ class Loop:
         self.lineage: dict[str, str] = {}
         self.notes: list[str] = []
         self.results = Path(self.dir / CACHE_DIR)
+        self.timings_file = self.stages / "timings.json"
+        self.used: list[str] = []  # stage outputs of this run, in order
+        self.fresh: list[str] = []  # ... of which computed now rather than reused
+
+    def timed(self, outputs: list[Path], run):
+        """Run `run()`; when it made new outputs, record its wall time under each output's name, so a
+        rerun that reuses them still knows what the stages cost when they ran."""
+        fresh = not all(is_complete(o) for o in outputs)
+        started = time.perf_counter()
+        result = run()
+        self.used += [o.name for o in outputs]
+        if fresh:
+            self.fresh += [o.name for o in outputs]
+            timings = self._timings()
+            timings.update({o.name: (time.perf_counter() - started) / len(outputs) for o in outputs})
+            self.timings_file.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.timings_file.with_suffix(".partial")
+            partial.write_text(json.dumps(timings, indent=1))
+            partial.replace(self.timings_file)  # a killed run never leaves half a file
+        return result
+
+    def _timings(self) -> dict[str, float]:
+        try:
+            return json.loads(self.timings_file.read_text())
+        except (OSError, ValueError):  # none yet, or unreadable: timings are informative only
+            return {}
+
+    def compute_minutes(self) -> tuple[float, int]:
+        """(minutes the stages of this run took when they ran, how many of them were reused)."""
+        timings = self._timings()
+        return sum(timings.get(name, 0.0) for name in self.used) / 60, len(self.used) - len(self.fresh)
 
     def call(self, fn, name: str, section: dict, inputs: dict[str, str], *, folder: bool = False,
              **params: Any) -> str:
@@ -190,7 +225,8 @@ class Loop:
         key = stage_key(name, section, inputs)
         out = self.stages / (f"{name}-{key}" if folder else f"{name}-{key}.parquet")
         try:
-            return self.task(fn, name)(key=key, out=str(out), run_dir=str(self.dir), **params)
+            return self.timed([out], lambda: self.task(fn, name)(key=key, out=str(out), run_dir=str(self.dir),
+                                                                 **params))
         except UserError as exc:
             raise UserError(f"stage '{name}': {exc}") from exc
         except Exception as exc:
@@ -231,15 +267,19 @@ def _sample(loop: Loop, stage: str, model: str, problems: str, gen: GenerateConf
                          gen=gen, shard=0, n_shards=1)
     keys = [stage_key(f"{stage}-shard{i}", section, inputs) for i in range(shards)]
     outs = [str(loop.stages / f"{stage}-shard{i}-{k}.parquet") for i, k in enumerate(keys)]
-    with _ray_resources(cfg):
-        futures = [loop.task(generate_task, f"{stage}-shard{i}").submit(
-                       cfg=cfg, key=k, out=o, run_dir=str(loop.dir), model=model, problems=problems, gen=gen,
-                       shard=i, n_shards=shards)
-                   for i, (k, o) in enumerate(zip(keys, outs, strict=True))]
-    try:
-        parts = [f.result() for f in futures]
-    except Exception as exc:
-        raise StageFailed(f"stage '{stage}' failed: {exc.__class__.__name__}: {exc}") from exc
+
+    def run_shards() -> list[str]:
+        with _ray_resources(cfg):
+            futures = [loop.task(generate_task, f"{stage}-shard{i}").submit(
+                           cfg=cfg, key=k, out=o, run_dir=str(loop.dir), model=model, problems=problems, gen=gen,
+                           shard=i, n_shards=shards)
+                       for i, (k, o) in enumerate(zip(keys, outs, strict=True))]
+        try:
+            return [f.result() for f in futures]
+        except Exception as exc:
+            raise StageFailed(f"stage '{stage}' failed: {exc.__class__.__name__}: {exc}") from exc
+
+    parts = loop.timed([Path(o) for o in outs], run_shards)
     return loop.call(merge_task, f"{stage}-merge", {}, {f"part{i}": p for i, p in enumerate(parts)},
                      parts=parts)
 
@@ -384,7 +424,9 @@ def run_loop(cfg: TopsConfig) -> dict:
     # 10. report
     report = _report(loop, evals, list(models), selected, eval_problems, used)
     (loop.dir / "lineage.json").write_text(json.dumps(loop.lineage, indent=2))
-    return {"run_dir": str(loop.dir), "report": str(report), "lineage": loop.lineage}
+    minutes, reused = loop.compute_minutes()
+    return {"run_dir": str(loop.dir), "report": str(report), "lineage": loop.lineage,
+            "stage_minutes": round(minutes, 2), "stages": len(loop.used), "stages_reused": reused}
 
 
 def _report(loop: Loop, evals: pd.DataFrame, order: list[str], selected: str, eval_problems: str,

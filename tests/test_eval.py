@@ -39,7 +39,7 @@ def test_summary_spread_and_contamination():
     assert row["mean_tokens_correct"] == (10 + 20 + 40) / 3
     assert "0.750 ± 0.250" in markdown_table(evals)
     never_right = evals.assign(model="base", correct=False)
-    assert "| base | none | 0.000 ± 0.000 | 25.0 | — |" in markdown_table(never_right)
+    assert "| base | none | 0.000 ± 0.000 | 0.00–0.00 | 25.0 | — |" in markdown_table(never_right)
     problems = pd.DataFrame({"problem_id": ["x", "y"],
                              "question": ["Natalia sold clips to 48 of her friends in April and then",
                                           "A totally different question about trains"]})

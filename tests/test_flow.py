@@ -104,13 +104,18 @@ def test_smoke_flow_produces_every_artifact(first_run, run_root):
         assert (run_dir / "models/iter1").resolve() == (run_dir / "models/tops").resolve()
     assert "| tops | none |" in report and (run_dir / "accuracy_vs_tokens.png").stat().st_size > 0
     assert (run_dir / "effort_shares.png").exists()
+    assert "95% CI (problems)" in report and "TOPS − " in report
     assert all(state == "Completed" for state in states.values()), states
+    assert result["stages_reused"] == 0 and result["stages"] >= 10 and result["stage_minutes"] > 0
 
 
 def test_second_run_hits_every_cache(first_run, run_root, tiny_model_dir):
     result, states = _run(_overrides(run_root, tiny_model_dir))
     assert states and all(state == "Cached" for state in states.values()), states
     assert result["lineage"] == first_run[0]["lineage"]
+    # the reused stages keep the time they took when they ran
+    assert result["stages_reused"] == result["stages"] == first_run[0]["stages"]
+    assert result["stage_minutes"] == first_run[0]["stage_minutes"]
 
 
 def test_changed_policy_reruns_select_and_downstream_only(first_run, run_root, tiny_model_dir):
@@ -244,3 +249,25 @@ def test_iter_dpo_stage_trains_from_pairs(first_run, run_root, tiny_model_dir):
     assert (Path(model) / ".tops-complete").exists() and (run_dir / "models" / "dpo-check").is_symlink()
     summary = (Path(model) / "train_summary.json").read_text()
     assert '"kind": "dpo"' in summary
+
+
+def test_train_task_keeps_dill_global_detection(harness):
+    """datasets fingerprints map functions with dill, which reads a function's globals from dis
+    output it captures on stdout; Prefect's print capture (log_prints) swallowed that output."""
+    import dill.detect
+    from prefect import flow, task
+
+    from flows.tops_flow import train_task
+
+    def uses_len(x):
+        return len(x)
+
+    @task(log_prints=train_task.log_prints)
+    def probe():
+        return sorted(dill.detect.nestedglobals(uses_len))
+
+    @flow(log_prints=True)
+    def outer():
+        return probe()
+
+    assert outer() == ["len"]

@@ -206,6 +206,9 @@ def run_cmd(config: ConfigOpt = None, sets: SetOpt = None):
 
 @app.command("demo")
 def demo_cmd(sets: SetOpt = None,
+             loop_seeds: Annotated[list[int] | None, typer.Option(
+                 "--loop-seed", help="Run the whole loop once per seed (repeatable; run.seed and a run name "
+                                     "per seed) and add the across-runs table.")] = None,
              readme: Annotated[bool, typer.Option(help="Write the results into README.md's results section.")] = True):
     """The whole loop on the embedded default (SmolLM2-135M-Instruct, arith) on this machine."""
     import time
@@ -214,14 +217,40 @@ def demo_cmd(sets: SetOpt = None,
     config = next((c for c in (Path("configs/demo.yaml"), repo / "configs" / "demo.yaml") if c.exists()), None)
     if config is None:
         raise UserError("configs/demo.yaml not found: run `tops demo` from the tops checkout")
-    started = time.perf_counter()
-    result = _run_flow(config, sets)
-    minutes = (time.perf_counter() - started) / 60
-    typer.echo(f"demo wall time: {minutes:.1f} min")
+    name = _config(config, sets).run.name
+    seeds = list(dict.fromkeys(loop_seeds or [0]))
+    runs = []
+    for seed in seeds:  # seed 0 keeps the plain name, so a one-seed demo reuses the usual run folder
+        run_sets = [*(sets or []), f"run.seed={seed}", f"run.name={name if seed == 0 else f'{name}-seed{seed}'}"]
+        started = time.perf_counter()
+        result = _run_flow(config, run_sets)
+        result["minutes"] = (time.perf_counter() - started) / 60
+        typer.echo(f"demo wall time (run.seed={seed}): {result['minutes']:.1f} min")
+        runs.append(result)
+    comparison = None
+    if len(runs) > 1:
+        from tops.compare import compare_markdown, load_run
+
+        comparison = compare_markdown([load_run(Path(r["run_dir"])) for r in runs])
+        path = Path(runs[0]["run_dir"]).parent / f"{name}-seeds.md"
+        path.write_text(comparison + "\n")
+        typer.echo(f"\n{comparison}\n\nacross runs: {path}")
     if readme and (repo / "README.md").exists():
         from tops.report import update_readme_results
 
-        update_readme_results(repo / "README.md", Path(result["report"]), minutes)
+        update_readme_results(repo / "README.md", runs, comparison)
+
+
+@app.command("compare")
+def compare_cmd(run_dirs: Annotated[list[Path], typer.Argument(help="Finished run folders (2 or more).")],
+                out: Annotated[Path | None, typer.Option("--out", help="Also write the Markdown here.")] = None):
+    """Several runs of the loop side by side: mean and spread over runs, goals met per run."""
+    from tops.compare import compare_markdown, load_run
+
+    text = compare_markdown([load_run(d) for d in run_dirs])
+    if out is not None:
+        out.write_text(text + "\n")
+    typer.echo(text)
 
 
 def _run_flow(config: Path | None, sets: list[str] | None) -> dict:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tops.bootstrap import accuracy_intervals
 from tops.config import EFFORT_ORDER, GenerateConfig, SamplingConfig, VerifyConfig
 
 _WORD = re.compile(r"\w+")
@@ -85,19 +86,22 @@ def _tokens_cell(value: float) -> str:
 
 def markdown_table(evals: pd.DataFrame, order: list[str] | None = None,
                    difficulty_order: list[str] | None = None) -> str:
-    """Model x effort rows: overall accuracy ± spread and mean tokens, then per difficulty."""
+    """Model x effort rows: overall accuracy ± spread over seeds, its bootstrap interval over
+    problems, mean tokens, then per difficulty."""
     overall = summarize(evals)
     by_diff = summarize(evals, ("model", "effort", "difficulty"))
     difficulties = ordered_difficulties(by_diff["difficulty"].dropna().unique(), difficulty_order)
+    intervals = accuracy_intervals(evals)
     order = order or list(dict.fromkeys(evals["model"]))
-    header = ["model", "effort", "accuracy", "mean tokens", "tokens (correct)"]
+    header = ["model", "effort", "accuracy", "95% CI (problems)", "mean tokens", "tokens (correct)"]
     header += [f"{d} acc / tok" for d in difficulties]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     overall["_order"] = overall["model"].map({m: i for i, m in enumerate(order)})
     overall["_effort"] = overall["effort"].map(lambda e: (EFFORT_ORDER.index(e), e) if e in EFFORT_ORDER else (9, e))
     for _, row in overall.sort_values(["_order", "_effort"]).iterrows():
+        ci = intervals[(row["model"], row["effort"])]
         cells = [row["model"], row["effort"], f"{row['accuracy']:.3f} ± {row['acc_std']:.3f}",
-                 f"{row['mean_tokens']:.1f}", _tokens_cell(row["mean_tokens_correct"])]
+                 f"{ci.low:.2f}–{ci.high:.2f}", f"{row['mean_tokens']:.1f}", _tokens_cell(row["mean_tokens_correct"])]
         for d in difficulties:
             hit = by_diff[(by_diff["model"] == row["model"]) & (by_diff["effort"] == row["effort"])
                           & (by_diff["difficulty"] == d)]
