@@ -132,6 +132,13 @@ def test_compare_pools_runs_and_counts_goals_per_run(tmp_path):
     assert goal_rows and goal_rows[0].endswith(" 2 of 3 |") and "whole-loop spread" in goal_rows[0]
     assert "| tag model follows the efforts: mean tokens low < medium < high | yes |" in text
 
+    out = tmp_path / "pages" / "seeds.md"  # a folder that does not exist yet
+    result = subprocess.run([sys.executable, "-m", "tops.cli", "compare", *map(str, dirs), "--out", str(out)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "![accuracy vs tokens over runs](seeds.png)" in out.read_text()
+    assert (tmp_path / "pages" / "seeds.png").read_bytes()[:4] == b"\x89PNG"
+
 
 def test_compare_refuses_bad_input(tmp_path):
     run = _write_run(tmp_path, "demo", 0, 0.7)
@@ -160,5 +167,9 @@ def test_readme_section_is_written_from_the_runs(tmp_path):
     assert "old numbers" not in text and text.startswith("intro\n") and text.endswith("outro\n")
     assert "`demo` 25.0 min, all 30 stages computed" in text
     assert "`demo-seed1` 0.5 min with 30 of 30 stages reused from an earlier run (26.5 min when they ran)" in text
-    assert "### Held-out evaluation" in text and "### Across whole-loop seeds\n\nACROSS" in text
+    # the runs together first (the goals are judged there), then the first run's report one level down
+    assert text.index("### Across whole-loop seeds\n\nACROSS") < text.index("### Run `demo` in detail")
+    assert "\n#### Held-out evaluation" in text and "\n### Held-out" not in text
     assert "](docs/demo/accuracy_vs_tokens.png)" in text and (tmp_path / "docs/demo/accuracy_vs_tokens.png").exists()
+    update_readme_results(readme, runs[:1])  # one run: its report's sections at level 3
+    assert "\n### Held-out evaluation" in readme.read_text() and "Across" not in readme.read_text()

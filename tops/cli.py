@@ -229,10 +229,12 @@ def demo_cmd(sets: SetOpt = None,
         runs.append(result)
     comparison = None
     if len(runs) > 1:
-        from tops.compare import compare_markdown, load_run
+        from tops.compare import compare_markdown, load_run, plot_across_runs
 
-        comparison = compare_markdown([load_run(Path(r["run_dir"])) for r in runs])
+        loaded = [load_run(Path(r["run_dir"])) for r in runs]
         path = Path(runs[0]["run_dir"]).parent / f"{name}-seeds.md"
+        plot_across_runs(loaded, path.with_suffix(".png"))
+        comparison = compare_markdown(loaded, plot=path.with_suffix(".png").name)
         path.write_text(comparison + "\n")
         typer.echo(f"\n{comparison}\n\nacross runs: {path}")
     if readme and (repo / "README.md").exists():
@@ -245,10 +247,14 @@ def demo_cmd(sets: SetOpt = None,
 def compare_cmd(run_dirs: Annotated[list[Path], typer.Argument(help="Finished run folders (2 or more).")],
                 out: Annotated[Path | None, typer.Option("--out", help="Also write the Markdown here.")] = None):
     """Several runs of the loop side by side: mean and spread over runs, goals met per run."""
-    from tops.compare import compare_markdown, load_run
+    from tops.compare import compare_markdown, load_run, plot_across_runs
 
-    text = compare_markdown([load_run(d) for d in run_dirs])
-    if out is not None:
+    runs = [load_run(d) for d in run_dirs]
+    text = compare_markdown(runs)
+    if out is not None:  # the plot goes next to the page
+        out.parent.mkdir(parents=True, exist_ok=True)
+        plot_across_runs(runs, out.with_suffix(".png"))
+        text = compare_markdown(runs, plot=out.with_suffix(".png").name)
         out.write_text(text + "\n")
     typer.echo(text)
 

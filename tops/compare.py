@@ -17,7 +17,7 @@ from tops.artifacts import read_artifact
 from tops.config import EFFORT_ORDER
 from tops.errors import UserError
 from tops.evaluate import ordered_difficulties, summarize
-from tops.report import checks_markdown, effort_shares, goal_checks, shape_checks
+from tops.report import checks_markdown, effort_shares, goal_checks, plot_points, shape_checks
 
 
 @dataclass
@@ -82,9 +82,17 @@ def pooled_checks(runs: list[RunResult], overall: pd.DataFrame | None = None
     return pooled, [sum(1 for checks in each if i < len(checks) and checks[i][1]) for i in range(len(pooled))]
 
 
-def compare_markdown(runs: list[RunResult], model_order: list[str] | None = None) -> str:
+def plot_across_runs(runs: list[RunResult], path: Path) -> Path:
+    """Accuracy vs tokens, the mean over runs with ± one standard deviation over runs."""
+    table = across_runs(per_run_table(runs))
+    table = table[table["difficulty"] == "all"].assign(err_low=lambda t: t["acc_std"], err_high=lambda t: t["acc_std"])
+    return plot_points(table, Path(path), "accuracy (mean over runs, bars: ± sd over runs)",
+                       f"Accuracy vs tokens over {len(runs)} runs of the loop")
+
+
+def compare_markdown(runs: list[RunResult], model_order: list[str] | None = None, plot: str | None = None) -> str:
     """Across-runs table, the shape goals judged on the means with the whole-loop spread, and in
-    how many runs each goal was met on its own."""
+    how many runs each goal was met on its own; `plot` names a plot_across_runs image to link."""
     if len(runs) < 2:
         raise UserError(f"compare needs at least 2 runs, got {len(runs)}")
     per_run = per_run_table(runs)
@@ -119,6 +127,7 @@ def compare_markdown(runs: list[RunResult], model_order: list[str] | None = None
         "Runs: " + ", ".join(f"`{run.name}` (run.seed {run.seed})" for run in runs)
         + ". A run.seed draws the seed, training and held-out problems; every model is retrained.", "",
         *lines, "",
+        *([f"![accuracy vs tokens over runs]({plot})", ""] if plot else []),
         "Goals judged on the means over runs; the accuracy goal's tolerance is the standard deviation over "
         "runs (the whole-loop spread). Selection shares pool the runs' selections.", "",
         *goals])

@@ -29,30 +29,37 @@ def effort_shares(selected: pd.DataFrame, difficulty_order: list[str] | None = N
 
 
 def plot_accuracy_vs_tokens(evals: pd.DataFrame, path: Path) -> Path:
-    """One point per model and effort, named in the legend (labels next to points collide when
-    two models sit close); error bars are the bootstrap interval over problems."""
+    """One point per model and effort; error bars are the bootstrap interval over problems."""
+    table = summarize(evals)
+    intervals = accuracy_intervals(evals)
+    table["err_low"] = [row.accuracy - intervals[(row.model, row.effort)].low for row in table.itertuples()]
+    table["err_high"] = [intervals[(row.model, row.effort)].high - row.accuracy for row in table.itertuples()]
+    return plot_points(table, path, "accuracy (bars: 95% interval over problems)")
+
+
+def plot_points(table: pd.DataFrame, path: Path, ylabel: str, title: str | None = None) -> Path:
+    """Accuracy vs mean tokens, one point per (model, effort) row with asymmetric error bars
+    (`err_low`, `err_high`), named in the legend: labels next to points collide when two models
+    sit close."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    table = summarize(evals)
-    intervals = accuracy_intervals(evals)
     others = iter(zip(["s", "D", "^", "v", "P", "X", "*"] * 3, MODEL_COLORS, strict=False))
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for _, row in table.iterrows():
-        if row["effort"] in EFFORT_ORDER:
-            marker, color = "o", EFFORT_COLORS[row["effort"]]
+    for row in table.itertuples():
+        if row.effort in EFFORT_ORDER:
+            marker, color = "o", EFFORT_COLORS[row.effort]
         else:
             marker, color = next(others, ("o", "#333333"))
-        label = row["model"] if row["effort"] == "none" else f"{row['model']} ({row['effort']})"
-        ci = intervals[(row["model"], row["effort"])]
-        yerr = [[max(row["accuracy"] - ci.low, 0)], [max(ci.high - row["accuracy"], 0)]]
-        ax.errorbar(row["mean_tokens"], row["accuracy"], yerr=yerr, fmt=marker, capsize=3, color=color,
-                    label=label, markersize=7)
+        label = row.model if row.effort == "none" else f"{row.model} ({row.effort})"
+        yerr = [[max(row.err_low, 0)], [max(row.err_high, 0)]]
+        ax.errorbar(row.mean_tokens, row.accuracy, yerr=yerr, fmt=marker, capsize=3, color=color, label=label,
+                    markersize=7)
     ax.set_xlabel("mean tokens per response (held-out)")
-    ax.set_ylabel("accuracy (bars: 95% interval over problems)")
-    ax.set_title("Accuracy vs tokens: up and to the left is better")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or "Accuracy vs tokens: up and to the left is better")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
@@ -201,15 +208,20 @@ def update_readme_results(readme: Path, runs: list[dict], comparison: str | None
     rel = os.path.relpath(report.parent, readme.parent)
     plots = readme.parent / "docs" / "demo"  # run folders are git-ignored; the plots are kept here
     plots.mkdir(parents=True, exist_ok=True)
-    for png in report.parent.glob("*.png"):
+    for png in [*report.parent.glob("*.png"), *report.parent.parent.glob("*-seeds*.png")]:
         shutil.copy2(png, plots / png.name)
-    body = report.read_text().split("\n", 1)[1]  # drop the report's title
-    body = re.sub(r"!\[([^\]]*)\]\(([^)/]+\.png)\)", lambda m: f"![{m[1]}](docs/demo/{m[2]})", body)
-    body = body.replace("\n## ", "\n### ")
-    if comparison:
-        body += f"\n\n### Across whole-loop seeds\n\n{comparison}"
+    body = _readme_markdown(report.read_text().split("\n", 1)[1], "###")  # without the report's title
+    if comparison:  # the runs together first: the goals are judged there
+        body = (f"### Across whole-loop seeds\n\n{_readme_markdown(comparison, '####')}\n\n"
+                f"### Run `{Path(runs[0]['run_dir']).name}` in detail\n" + _readme_markdown(body, "####"))
     stamp = (f"_Written by `tops demo` on {time.strftime('%Y-%m-%d')} from `{rel}/report.md` on this machine "
              f"({os.cpu_count()} cores): " + "; ".join(run_time_line(r) for r in runs) + "._")
     head, rest = text.split(README_START, 1)
     _, tail = rest.split(README_END, 1)
     readme.write_text(f"{head}{README_START}\n{stamp}\n{body.strip()}\n{README_END}{tail}")
+
+
+def _readme_markdown(markdown: str, heading: str) -> str:
+    """Level-2 headings (report sections) at `heading`'s level; plots linked to the README's copies."""
+    markdown = re.sub(r"^##{1,2} ", heading + " ", markdown, flags=re.M)
+    return re.sub(r"!\[([^\]]*)\]\(([^)/]+\.png)\)", lambda m: f"![{m[1]}](docs/demo/{m[2]})", markdown)
