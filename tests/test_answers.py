@@ -170,3 +170,23 @@ def test_numbers_equal(a, b, equal):
 ])
 def test_normalize_text(answer, canonical):
     assert normalize_text(answer) == canonical
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (r"so \boxed 5.", "5"),
+    (r"$\boxed5$", "5"),
+    (r"\fbox  -3.5,", "-3.5"),
+    (r"\boxed x", "x"),
+    (r"\boxed{12} then \boxed 7", "7"),
+    (r"\boxed 7 then \boxed{12}", "12"),
+    ("\\boxed\n{9}", "9"),
+    (r"\boxed{7} use \boxed to mark", "7"),  # a word after a bare box is not an answer
+    (r"\boxed{4} and \boxed{5", "4"),
+])
+def test_last_boxed_reads_bare_boxes(text, expected):
+    assert last_boxed(text) == expected
+
+
+@pytest.mark.parametrize("text", [r"\boxedx", r"use \boxed to mark", "put it in \\boxed\n5", r"\boxed \frac{1}{2}"])
+def test_bare_box_without_a_token_is_no_answer(text):
+    assert last_boxed(text) is None

@@ -15,6 +15,11 @@ THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 
 _BOX_START = re.compile(r"\\(?:boxed|fbox)\s*\{")
+# `\boxed 5` / `\boxed5`: TeX boxes the next token; models mean the number that follows.
+# Only a number or a single letter counts, on the same line: "use \boxed to mark" is no answer.
+_BOX_ANY = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])[ \t]*")
+_BARE_TOKEN = re.compile(r"[+-]?[\d.][^\s{}$\\]*|[A-Za-z](?![A-Za-z])")
+_OPEN_BRACE = re.compile(r"\s*\{")
 # "The final answer is $5$", "Final Answer: 5", "the answer is: 5", "**Answer:** 5", "#### 5".
 _ANSWER_PHRASE = re.compile(r"(?:\banswer\s*(?:is\b|:)|####)[\s:*]*", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"\.(?:\s|$)")
@@ -55,15 +60,22 @@ def braces_balanced(text: str) -> bool:
 
 
 def last_boxed(text: str) -> str | None:
-    """Content of the last complete `\\boxed{...}` or `\\fbox{...}`, nested braces included.
+    """Content of the last complete `\\boxed{...}` or `\\fbox{...}`, nested braces included;
+    `\\boxed 5` without braces gives the token after it.
 
     A box cut off before its closing brace (a truncated response) is skipped in favour of an
     earlier complete one.
     """
-    for match in reversed(list(_BOX_START.finditer(text))):
-        content = _balanced_group(text, match.end() - 1)
-        if content is not None:
-            return content
+    for match in reversed(list(_BOX_ANY.finditer(text))):
+        brace = _OPEN_BRACE.match(text, match.end())
+        if brace:
+            content = _balanced_group(text, brace.end() - 1)
+            if content is not None:
+                return content
+            continue
+        bare = _BARE_TOKEN.match(text, match.end())
+        if bare and bare.group().rstrip(".,;:"):
+            return bare.group().rstrip(".,;:")
     return None
 
 
