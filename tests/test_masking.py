@@ -281,7 +281,7 @@ def test_judge_mode_marks_from_named_step_to_end_of_round():
     assert [three_rounds[s:e] for s, e in named] == ["b = 2.\nSo the answer is 5.\n",
                                                      "So the answer is 6.\n"]
     assert out["masked_chars"].tolist()[1:] == [0, 0, 0, 0]
-    assert summary["judge"] == {"requests": 4, "unparseable": 1, "ignored_step_numbers": 1}
+    assert summary["judge"] == {"requests": 4, "unparseable": 1, "ignored_step_numbers": 1, "too_long": 0}
 
 
 def test_judge_mode_needs_a_judge_unless_disabled():

@@ -33,6 +33,23 @@ def test_judge_mode_runs_on_a_real_engine(tmp_path, vllm_engine, smoke_config):
     assert (masked["masked_chars"] == 0).sum() >= judged["unparseable"]
 
 
+def test_judge_prompt_too_long_for_the_judge_is_counted_not_fatal(tmp_path, vllm_engine, smoke_config):
+    """One response far longer than the judge's context: that row is not sent (left unmasked,
+    counted as too_long); the others are judged and the stage finishes."""
+    cfg = smoke_config.model_copy(deep=True)
+    cfg.mask.mode = "judge"
+    cfg.mask.judge_prompt = "{question} = {answer}\n{steps}\nFirst wrong step:"
+    rows = _selected(3)
+    long_round = "".join(f"{i} + 1 = {i + 1}.\n" for i in range(200))
+    rows.loc[1, "response"] = f"{long_round}So the answer is 1.\nWait, recheck.\n{rows.loc[1, 'response']}"
+    selected = write_artifact(rows, tmp_path / "selected.parquet", "selected")
+    summary = run_mask(cfg, selected, tmp_path / "masked.parquet", judge=vllm_engine, progress=False)
+    masked = read_artifact(tmp_path / "masked.parquet", "masked")
+    assert vllm_engine.count_tokens([long_round])[0] > vllm_engine.max_model_len  # it really does not fit
+    assert summary["judge"]["too_long"] == 1 and summary["judge"]["requests"] == 2
+    assert len(masked) == 3 and masked.loc[masked["problem_id"] == "p1", "masked_chars"].item() == 0
+
+
 def test_rounds_mode_masks_the_teachers_dropped_carry(tmp_path, smoke_config):
     """The arith teacher's high effort forgets a carry, then corrects it: that round is masked."""
     selected = write_artifact(_selected(1), tmp_path / "selected.parquet", "selected")

@@ -380,6 +380,10 @@ def _judge_flags(segs, responses, golds, questions, cfg, judge):
     flags = [[False] * len(seg.bounds) for seg in segs]
     asked = [i for i, seg in enumerate(segs) if seg.n_rounds > 1]
     requests = [judge_request(questions[i], golds[i], responses[i], segs[i], cfg) for i in asked]
+    fits = _fits_context(judge, requests)
+    too_long = fits.count(False)
+    asked = [i for i, ok in zip(asked, fits, strict=True) if ok]
+    requests = [r for r, ok in zip(requests, fits, strict=True) if ok]
     replies = judge.generate(requests, n=1, sampling=cfg.judge_sampling) if requests else []
     unparseable, ignored = 0, 0
     for i, completions in zip(asked, replies, strict=True):
@@ -390,7 +394,22 @@ def _judge_flags(segs, responses, golds, questions, cfg, judge):
         flags[i], skipped = judged_flags(segs[i], numbers)
         ignored += skipped
     return flags, {"requests": len(requests), "unparseable": unparseable,
-                   "ignored_step_numbers": ignored}
+                   "ignored_step_numbers": ignored, "too_long": too_long}
+
+
+_MIN_REPLY_TOKENS = 16  # "Round 1: Step 3" and a little room
+
+
+def _fits_context(judge, requests: list[Request]) -> list[bool]:
+    """A judge prompt with no room for a reply in the judge's context is not sent: its row stays
+    unmasked and is counted, instead of one long response failing the whole stage. Local engines
+    (vLLM, transformers) know their tokenizer and context; remote ones decide for themselves."""
+    tokenizer, limit = getattr(judge, "tokenizer", None), getattr(judge, "max_model_len", None)
+    if tokenizer is None or not limit:
+        return [True] * len(requests)
+    from tops.engines.render import render_ids
+
+    return [len(render_ids(tokenizer, r)) + _MIN_REPLY_TOKENS <= limit for r in requests]
 
 
 _PROGRESS_MIN_ROWS = 10_000  # below this a bar only flickers
