@@ -1,5 +1,7 @@
-"""The run report: one Markdown page with the results table, the selection's effort shares and
-two plots (accuracy vs mean tokens; effort share per difficulty), built only from artifacts."""
+"""The run report: one Markdown page with the results table (with bootstrap intervals over
+problems), the paper's shape goals, the selection's effort shares and two plots (accuracy vs mean
+tokens; effort share per difficulty), built only from artifacts. The README's results section is
+written from it (`update_readme_results`)."""
 
 from __future__ import annotations
 
