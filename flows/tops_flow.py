@@ -188,18 +188,16 @@ class Loop:
         self.notes: list[str] = []
         self.results = Path(self.dir / CACHE_DIR)
         self.timings_file = self.stages / "timings.json"
-        self.used: list[str] = []  # stage outputs of this run, in order
-        self.fresh: list[str] = []  # ... of which computed now rather than reused
+        self.steps: list[tuple[str, list[str], bool]] = []  # (stage, its output names, computed now)
 
-    def timed(self, outputs: list[Path], run):
-        """Run `run()`; when it made new outputs, record its wall time under each output's name, so a
-        rerun that reuses them still knows what the stages cost when they ran."""
+    def timed(self, label: str, outputs: list[Path], run):
+        """Run `run()`; when it made new outputs, record its wall time (split over the outputs) under
+        their names, so a rerun that reuses them still knows what the stage cost when it ran."""
         fresh = not all(is_complete(o) for o in outputs)
         started = time.perf_counter()
         result = run()
-        self.used += [o.name for o in outputs]
+        self.steps.append((label, [o.name for o in outputs], fresh))
         if fresh:
-            self.fresh += [o.name for o in outputs]
             timings = self._timings()
             timings.update({o.name: (time.perf_counter() - started) / len(outputs) for o in outputs})
             self.timings_file.parent.mkdir(parents=True, exist_ok=True)
@@ -214,10 +212,16 @@ class Loop:
         except (OSError, ValueError):  # none yet, or unreadable: timings are informative only
             return {}
 
+    def stage_times(self) -> list[tuple[str, float | None, bool]]:
+        """(stage, minutes it took when it ran or None if not recorded, reused in this run)."""
+        timings = self._timings()
+        return [(label, sum(timings[n] for n in names) / 60 if all(n in timings for n in names) else None, not fresh)
+                for label, names, fresh in self.steps]
+
     def compute_minutes(self) -> tuple[float, int]:
         """(minutes the stages of this run took when they ran, how many of them were reused)."""
-        timings = self._timings()
-        return sum(timings.get(name, 0.0) for name in self.used) / 60, len(self.used) - len(self.fresh)
+        times = self.stage_times()
+        return sum(m or 0.0 for _, m, _ in times), sum(reused for _, _, reused in times)
 
     def call(self, fn, name: str, section: dict, inputs: dict[str, str], *, folder: bool = False,
              **params: Any) -> str:
@@ -225,7 +229,7 @@ class Loop:
         key = stage_key(name, section, inputs)
         out = self.stages / (f"{name}-{key}" if folder else f"{name}-{key}.parquet")
         try:
-            return self.timed([out], lambda: self.task(fn, name)(key=key, out=str(out), run_dir=str(self.dir),
+            return self.timed(name, [out], lambda: self.task(fn, name)(key=key, out=str(out), run_dir=str(self.dir),
                                                                  **params))
         except UserError as exc:
             raise UserError(f"stage '{name}': {exc}") from exc
@@ -279,7 +283,7 @@ def _sample(loop: Loop, stage: str, model: str, problems: str, gen: GenerateConf
         except Exception as exc:
             raise StageFailed(f"stage '{stage}' failed: {exc.__class__.__name__}: {exc}") from exc
 
-    parts = loop.timed([Path(o) for o in outs], run_shards)
+    parts = loop.timed(f"{stage} ({shards} shards)", [Path(o) for o in outs], run_shards)
     return loop.call(merge_task, f"{stage}-merge", {}, {f"part{i}": p for i, p in enumerate(parts)},
                      parts=parts)
 
@@ -426,7 +430,7 @@ def run_loop(cfg: TopsConfig) -> dict:
     (loop.dir / "lineage.json").write_text(json.dumps(loop.lineage, indent=2))
     minutes, reused = loop.compute_minutes()
     return {"run_dir": str(loop.dir), "report": str(report), "lineage": loop.lineage,
-            "stage_minutes": round(minutes, 2), "stages": len(loop.used), "stages_reused": reused}
+            "stage_minutes": round(minutes, 2), "stages": len(loop.steps), "stages_reused": reused}
 
 
 def _report(loop: Loop, evals: pd.DataFrame, order: list[str], selected: str, eval_problems: str,
@@ -440,7 +444,8 @@ def _report(loop: Loop, evals: pd.DataFrame, order: list[str], selected: str, ev
              f"problems; {len(contaminated)} share a word 8-gram with a training question", *loop.notes]
     source = loop.cfg.problems.source
     levels = list(source.levels) if source.kind == "arith" else None
-    path = write_report(loop.dir, evals, read_artifact(selected, "selected"), order, notes, levels)
+    path = write_report(loop.dir, evals, read_artifact(selected, "selected"), order, notes, levels,
+                        stage_times=loop.stage_times())
     try:
         from prefect.artifacts import create_markdown_artifact
 

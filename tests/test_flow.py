@@ -105,6 +105,7 @@ def test_smoke_flow_produces_every_artifact(first_run, run_root):
     assert "| tops | none |" in report and (run_dir / "accuracy_vs_tokens.png").stat().st_size > 0
     assert (run_dir / "effort_shares.png").exists()
     assert "95% CI (problems)" in report and "TOPS − " in report
+    assert "## Time per stage" in report and "| train-tag | " in report and "| computed |" in report
     assert all(state == "Completed" for state in states.values()), states
     assert result["stages_reused"] == 0 and result["stages"] >= 10 and result["stage_minutes"] > 0
 
@@ -116,6 +117,8 @@ def test_second_run_hits_every_cache(first_run, run_root, tiny_model_dir):
     # the reused stages keep the time they took when they ran
     assert result["stages_reused"] == result["stages"] == first_run[0]["stages"]
     assert result["stage_minutes"] == first_run[0]["stage_minutes"]
+    report = (Path(result["run_dir"]) / "report.md").read_text()
+    assert "| computed |" not in report and f"0 computed, {result['stages']} reused" in report
 
 
 def test_changed_policy_reruns_select_and_downstream_only(first_run, run_root, tiny_model_dir):

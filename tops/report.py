@@ -147,7 +147,8 @@ def checks_markdown(checks: list[tuple[str, bool, str]]) -> str:
 
 
 def write_report(run_dir: Path, evals: pd.DataFrame, selected: pd.DataFrame | None, model_order: list[str],
-                 notes: list[str] | None = None, difficulty_order: list[str] | None = None) -> Path:
+                 notes: list[str] | None = None, difficulty_order: list[str] | None = None,
+                 stage_times: list[tuple[str, float | None, bool]] | None = None) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     parts = [f"# TOPS run `{run_dir.name}`", "", "## Held-out evaluation", "",
              markdown_table(evals, model_order, difficulty_order), "",
@@ -170,9 +171,23 @@ def write_report(run_dir: Path, evals: pd.DataFrame, selected: pd.DataFrame | No
                   "![effort shares](effort_shares.png)", ""]
     if notes:
         parts += ["## Notes", "", *[f"- {n}" for n in notes], ""]
+    if stage_times and any(minutes is not None for _, minutes, _ in stage_times):
+        parts += ["## Time per stage", "", _stage_times_markdown(stage_times), ""]
     path = run_dir / "report.md"
     path.write_text("\n".join(parts))
     return path
+
+
+def _stage_times_markdown(stage_times: list[tuple[str, float | None, bool]]) -> str:
+    """Where the run's time went; a reused stage shows what it cost when it ran."""
+    lines = ["| stage | minutes | this run |", "|---|---|---|"]
+    for label, minutes, reused in stage_times:
+        lines.append(f"| {label} | {'—' if minutes is None else f'{minutes:.2f}'} | "
+                     f"{'reused' if reused else 'computed'} |")
+    total = sum(m for _, m, _ in stage_times if m is not None)
+    lines.append(f"| **all stages** | **{total:.1f}** | {sum(not r for _, _, r in stage_times)} computed, "
+                 f"{sum(r for _, _, r in stage_times)} reused |")
+    return "\n".join(lines)
 
 
 def _shares_markdown(shares: pd.DataFrame) -> str:
