@@ -173,3 +173,12 @@ def test_readme_section_is_written_from_the_runs(tmp_path):
     assert "](docs/demo/accuracy_vs_tokens.png)" in text and (tmp_path / "docs/demo/accuracy_vs_tokens.png").exists()
     update_readme_results(readme, runs[:1])  # one run: its report's sections at level 3
     assert "\n### Held-out evaluation" in readme.read_text() and "Across" not in readme.read_text()
+
+
+def test_demo_plan_keeps_the_configured_seed_unless_loop_seeds_are_given():
+    from tops.cli import demo_plan
+
+    assert demo_plan("demo", 7, ["run.seed=7"], None) == {7: ["run.seed=7"]}
+    plan = demo_plan("demo", 0, ["eval.n_problems=9"], [0, 2, 2])
+    assert plan == {0: ["eval.n_problems=9", "run.seed=0", "run.name=demo"],
+                    2: ["eval.n_problems=9", "run.seed=2", "run.name=demo-seed2"]}

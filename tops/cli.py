@@ -204,6 +204,15 @@ def run_cmd(config: ConfigOpt = None, sets: SetOpt = None):
     _run_flow(config, sets)
 
 
+def demo_plan(name: str, seed: int, sets: list[str] | None, loop_seeds: list[int] | None) -> dict[int, list[str]]:
+    """run.seed -> overrides. Without loop seeds: one run exactly as configured. With them: one run
+    per seed, named `<name>-seed<k>`; seed 0 keeps the plain name (the usual run folder)."""
+    if not loop_seeds:
+        return {seed: list(sets or [])}
+    return {k: [*(sets or []), f"run.seed={k}", f"run.name={name if k == 0 else f'{name}-seed{k}'}"]
+            for k in dict.fromkeys(loop_seeds)}
+
+
 @app.command("demo")
 def demo_cmd(sets: SetOpt = None,
              loop_seeds: Annotated[list[int] | None, typer.Option(
@@ -217,11 +226,10 @@ def demo_cmd(sets: SetOpt = None,
     config = next((c for c in (Path("configs/demo.yaml"), repo / "configs" / "demo.yaml") if c.exists()), None)
     if config is None:
         raise UserError("configs/demo.yaml not found: run `tops demo` from the tops checkout")
-    name = _config(config, sets).run.name
-    seeds = list(dict.fromkeys(loop_seeds or [0]))
+    cfg = _config(config, sets)
+    name = cfg.run.name
     runs = []
-    for seed in seeds:  # seed 0 keeps the plain name, so a one-seed demo reuses the usual run folder
-        run_sets = [*(sets or []), f"run.seed={seed}", f"run.name={name if seed == 0 else f'{name}-seed{seed}'}"]
+    for seed, run_sets in demo_plan(cfg.run.name, cfg.run.seed, sets, loop_seeds).items():
         started = time.perf_counter()
         result = _run_flow(config, run_sets)
         result["minutes"] = (time.perf_counter() - started) / 60
