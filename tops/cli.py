@@ -229,7 +229,7 @@ def demo_cmd(sets: SetOpt = None,
     cfg = _config(config, sets)
     name = cfg.run.name
     runs = []
-    for seed, run_sets in demo_plan(cfg.run.name, cfg.run.seed, sets, loop_seeds).items():
+    for seed, run_sets in demo_plan(name, cfg.run.seed, sets, loop_seeds).items():
         started = time.perf_counter()
         result = _run_flow(config, run_sets)
         result["minutes"] = (time.perf_counter() - started) / 60
@@ -237,13 +237,10 @@ def demo_cmd(sets: SetOpt = None,
         runs.append(result)
     comparison = None
     if len(runs) > 1:
-        from tops.compare import compare_markdown, load_run, plot_across_runs
+        from tops.compare import load_run, write_comparison
 
-        loaded = [load_run(Path(r["run_dir"])) for r in runs]
         path = Path(runs[0]["run_dir"]).parent / f"{name}-seeds.md"
-        plot_across_runs(loaded, path.with_suffix(".png"))
-        comparison = compare_markdown(loaded, plot=path.with_suffix(".png").name)
-        path.write_text(comparison + "\n")
+        comparison = write_comparison([load_run(Path(r["run_dir"])) for r in runs], path)
         typer.echo(f"\n{comparison}\n\nacross runs: {path}")
     if readme and (repo / "README.md").exists():
         from tops.report import update_readme_results
@@ -253,18 +250,12 @@ def demo_cmd(sets: SetOpt = None,
 
 @app.command("compare")
 def compare_cmd(run_dirs: Annotated[list[Path], typer.Argument(help="Finished run folders (2 or more).")],
-                out: Annotated[Path | None, typer.Option("--out", help="Also write the Markdown here.")] = None):
+                out: Annotated[Path | None, typer.Option("--out", help="Also write the Markdown here (and its plot, .png).")] = None):
     """Several runs of the loop side by side: mean and spread over runs, goals met per run."""
-    from tops.compare import compare_markdown, load_run, plot_across_runs
+    from tops.compare import compare_markdown, load_run, write_comparison
 
     runs = [load_run(d) for d in run_dirs]
-    text = compare_markdown(runs)
-    if out is not None:  # the plot goes next to the page
-        out.parent.mkdir(parents=True, exist_ok=True)
-        plot_across_runs(runs, out.with_suffix(".png"))
-        text = compare_markdown(runs, plot=out.with_suffix(".png").name)
-        out.write_text(text + "\n")
-    typer.echo(text)
+    typer.echo(write_comparison(runs, out) if out is not None else compare_markdown(runs))
 
 
 def _run_flow(config: Path | None, sets: list[str] | None) -> dict:

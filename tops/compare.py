@@ -90,6 +90,16 @@ def plot_across_runs(runs: list[RunResult], path: Path) -> Path:
                        f"Accuracy vs tokens over {len(runs)} runs of the loop")
 
 
+def write_comparison(runs: list[RunResult], path: Path) -> str:
+    """The across-runs page at `path` with its plot next to it (same name, .png); returns the page."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plot = plot_across_runs(runs, path.with_suffix(".png"))
+    text = compare_markdown(runs, plot=plot.name)
+    path.write_text(text + "\n")
+    return text
+
+
 def compare_markdown(runs: list[RunResult], model_order: list[str] | None = None, plot: str | None = None) -> str:
     """Across-runs table, the shape goals judged on the means with the whole-loop spread, and in
     how many runs each goal was met on its own; `plot` names a plot_across_runs image to link."""

@@ -227,10 +227,11 @@ def update_readme_results(readme: Path, runs: list[dict], comparison: str | None
     plots.mkdir(parents=True, exist_ok=True)
     for png in [*report.parent.glob("*.png"), *report.parent.parent.glob("*-seeds*.png")]:
         shutil.copy2(png, plots / png.name)
-    body = _readme_markdown(report.read_text().split("\n", 1)[1], "###")  # without the report's title
+    # without the report's title; its sections one level down when the runs together come first
+    body = _readme_markdown(report.read_text().split("\n", 1)[1], "####" if comparison else "###")
     if comparison:  # the runs together first: the goals are judged there
         body = (f"### Across whole-loop seeds\n\n{_readme_markdown(comparison, '####')}\n\n"
-                f"### Run `{Path(runs[0]['run_dir']).name}` in detail\n" + _readme_markdown(body, "####"))
+                f"### Run `{Path(runs[0]['run_dir']).name}` in detail\n{body}")
     stamp = (f"_Written by `tops demo` on {time.strftime('%Y-%m-%d')} from `{rel}/report.md` on this machine "
              f"({os.cpu_count()} cores): " + "; ".join(run_time_line(r) for r in runs) + "._")
     head, rest = text.split(README_START, 1)
@@ -240,5 +241,5 @@ def update_readme_results(readme: Path, runs: list[dict], comparison: str | None
 
 def _readme_markdown(markdown: str, heading: str) -> str:
     """Level-2 headings (report sections) at `heading`'s level; plots linked to the README's copies."""
-    markdown = re.sub(r"^##{1,2} ", heading + " ", markdown, flags=re.M)
+    markdown = re.sub(r"^## ", heading + " ", markdown, flags=re.M)
     return re.sub(r"!\[([^\]]*)\]\(([^)/]+\.png)\)", lambda m: f"![{m[1]}](docs/demo/{m[2]})", markdown)
