@@ -6,3 +6,8 @@ class UserError(Exception):
 
     Raised before any output is written, so a failed command leaves nothing behind.
     """
+
+
+# Exit code of a training command that ran out of (GPU) memory on any of its processes: the caller
+# (the flow's stage runner) retries it with half the micro-batch and twice the accumulation.
+EXIT_OUT_OF_MEMORY = 3
