@@ -26,6 +26,7 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a conf
 InOpt = Annotated[Path, typer.Option("--in", help="Input artifact (Parquet).")]
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Output artifact (default: the run folder).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+LabelOpt = Annotated[str | None, typer.Option(help="The model's name in the output's `model` column (default: its folder name).")]
 
 
 def _config(config: Path | None, sets: list[str] | None):
@@ -57,13 +58,15 @@ def models_resolve(name: str):
 @app.command()
 def problems(config: ConfigOpt = None, sets: SetOpt = None, out: OutOpt = None,
              n: Annotated[int | None, typer.Option(help="How many problems.")] = None,
-             seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None):
+             seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
+             exclude: Annotated[list[Path] | None, typer.Option(help="Problems artifacts whose ids are never drawn (repeatable).")] = None,
+             heldout: Annotated[bool, typer.Option(help="The held-out split: eval.n_problems with the held-out seed.")] = False):
     """Draw problems from the configured source into a problems artifact."""
     from tops.stages import run_problems
 
     cfg = _config(config, sets)
     path = _out(cfg, out, "problems")
-    frame = run_problems(cfg, path, n=n, seed=seed)
+    frame = run_problems(cfg, path, n=n, seed=seed, exclude=exclude or [], heldout=heldout)
     typer.echo(f"{path}: {len(frame)} problems")
 
 
@@ -72,13 +75,19 @@ def generate(config: ConfigOpt = None, sets: SetOpt = None,
              in_path: Annotated[Path | None, typer.Option("--in", help="Problems artifact (default: draw from config).")] = None,
              out: OutOpt = None,
              model: Annotated[str | None, typer.Option(help="Model alias, folder or Hub id (default: model.base).")] = None,
+             label: LabelOpt = None,
+             shard: Annotated[str, typer.Option(help="I/N: only every N-th problem from the I-th (N processes split the work).")] = "0/1",
              quiet: QuietOpt = False):
     """Sample every problem at every effort (resumable: rerun the same command after a kill)."""
     from tops.stages import run_generate
 
     cfg = _config(config, sets)
     path = _out(cfg, out, "samples")
-    run_generate(cfg, path, problems_path=in_path, model=model, progress=not quiet)
+    index, _, count = shard.partition("/")
+    if not (index.isdigit() and count.isdigit()):
+        raise UserError(f"--shard {shard!r}: expected I/N, e.g. 0/2")
+    run_generate(cfg, path, problems_path=in_path, model=model, progress=not quiet, label=label,
+                 shard=(int(index), int(count)))
     typer.echo(str(path))
 
 
@@ -138,19 +147,13 @@ def train_sft_cmd(data: Annotated[Path, typer.Option(help="selected/masked/seed 
                   config: ConfigOpt = None, sets: SetOpt = None,
                   kind: Annotated[str, typer.Option(help="Artifact kind of --data: selected | masked | samples.")] = "masked"):
     """SFT with TRL: loss on assistant tokens minus erroneous-step spans; LoRA merged on save."""
-    from tops.artifacts import read_artifact
-    from tops.models import resolve_model
-    from tops.train import maybe_relaunch, train_sft
+    from tops.stages import run_train
 
-    cfg = _config(config, sets)
     if kind not in ("selected", "masked", "samples"):
         raise UserError(f"--kind {kind!r}: expected selected, masked or samples")
-    frame = read_artifact(data, kind)
-    model = resolve_model(base or cfg.model.base)  # once, before any relaunch into several ranks
-    if maybe_relaunch(sys.argv[1:], cfg.train):
-        return
-    summary = train_sft(frame, model, out, cfg.train, cfg.efforts.prompts)
-    typer.echo(f"{out}: loss {summary.get('final_loss')}")
+    summary = run_train(_config(config, sets), "sft", data, kind, out, base=base, argv=sys.argv[1:])
+    if summary is not None:
+        typer.echo(f"{out}: loss {summary.get('final_loss')}")
 
 
 @train_app.command("dpo")
@@ -159,30 +162,27 @@ def train_dpo_cmd(pairs_path: Annotated[Path, typer.Option("--pairs", help="pair
                   base: Annotated[str | None, typer.Option(help="Base model (default: model.base).")] = None,
                   config: ConfigOpt = None, sets: SetOpt = None):
     """DPO with TRL on shortest-correct vs incorrect pairs."""
-    from tops.artifacts import read_artifact
-    from tops.models import resolve_model
-    from tops.train import maybe_relaunch, train_dpo
+    from tops.stages import run_train
 
-    cfg = _config(config, sets)
-    frame = read_artifact(pairs_path, "pairs")
-    model = resolve_model(base or cfg.model.base)
-    if maybe_relaunch(sys.argv[1:], cfg.train):
-        return
-    summary = train_dpo(frame, model, out, cfg.train, cfg.efforts.prompts)
-    typer.echo(f"{out}: loss {summary.get('final_loss')}")
+    summary = run_train(_config(config, sets), "dpo", pairs_path, "pairs", out, base=base, argv=sys.argv[1:])
+    if summary is not None:
+        typer.echo(f"{out}: loss {summary.get('final_loss')}")
 
 
 @app.command("eval")
 def eval_cmd(models: Annotated[list[str], typer.Option("--model", help="Model(s) to evaluate (repeatable).")],
              config: ConfigOpt = None, sets: SetOpt = None, out: OutOpt = None,
              train_data: Annotated[list[Path] | None, typer.Option(help="Problems artifacts used for seed/training: excluded by id, checked for n-gram overlap.")] = None,
+             problems_path: Annotated[Path | None, typer.Option("--problems", help="Held-out problems artifact (default: drawn from config).")] = None,
+             labels: Annotated[list[str] | None, typer.Option("--label", help="Name of each --model in the `model` column (repeatable, in order).")] = None,
              quiet: QuietOpt = False):
     """Held-out accuracy and tokens per model, effort and difficulty (Markdown table + artifact)."""
     from tops.stages import run_eval
 
     cfg = _config(config, sets)
     path = _out(cfg, out, "eval")
-    typer.echo(run_eval(cfg, path, models, train_data or [], progress=not quiet))
+    typer.echo(run_eval(cfg, path, models, train_data or [], progress=not quiet, problems_path=problems_path,
+                        labels=labels))
 
 
 @app.command("seed")
@@ -199,8 +199,17 @@ def seed_cmd(config: ConfigOpt = None, sets: SetOpt = None, out: OutOpt = None,
 
 
 @app.command("run")
-def run_cmd(config: ConfigOpt = None, sets: SetOpt = None):
+def run_cmd(config: ConfigOpt = None, sets: SetOpt = None,
+            dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (every stage, cached or to run, "
+                                                                    "its command and processes); run nothing.")] = False):
     """Run the whole TOPS loop as a Prefect flow (reruns reuse every finished stage)."""
+    if dry_run:
+        from tops.flow.loop import format_plan
+        from tops.flow.pipeline import plan
+
+        cfg = _config(config, sets)
+        typer.echo(format_plan(plan(cfg), cfg.run.dir))
+        return
     _run_flow(config, sets)
 
 
@@ -259,7 +268,7 @@ def compare_cmd(run_dirs: Annotated[list[Path], typer.Argument(help="Finished ru
 
 
 def _run_flow(config: Path | None, sets: list[str] | None) -> dict:
-    from flows.tops_flow import run
+    from tops.flow.pipeline import run
 
     _config(config, sets)  # fail fast, before Prefect starts
     result = run(str(config) if config else None, list(sets or []))
@@ -296,6 +305,9 @@ def export(run: Annotated[str, typer.Option("--run", help="Run folder, or a run 
 
 
 def main(argv: list[str] | None = None) -> None:
+    from tops.launch import exit_with_parent
+
+    exit_with_parent()  # a stage the flow started dies with the flow
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # The ephemeral Prefect server can take longer than its default 20 s on a busy 2-core machine.

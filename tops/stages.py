@@ -6,16 +6,32 @@ whichever way it is started. Inputs are validated before any engine starts or an
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
 
-from tops.artifacts import read_artifact, record_stage, timed, write_artifact
+from tops.artifacts import read_artifact, timed, write_artifact
+from tops.artifacts import record_stage as _record_stage
 from tops.config import TopsConfig, config_section
-from tops.errors import UserError
+from tops.errors import EXIT_OUT_OF_MEMORY, UserError
+from tops.layout import MANIFEST, default_label
 
 console = Console(stderr=True)
+EVAL_SEED_OFFSET = 7919  # held-out problems are drawn with a seed no training split uses
+
+
+def record_stage(out: Path, stage: str, **record) -> None:
+    """The stage's manifest record; a lock keeps records of concurrent stages (engine shards
+    writing into one folder) from overwriting each other."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{MANIFEST}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _record_stage(out, stage, **record)
 
 
 def _print_summary(stage: str, summary: dict) -> None:
@@ -23,29 +39,43 @@ def _print_summary(stage: str, summary: dict) -> None:
     console.print(f"[bold green]{stage}[/] {flat}")
 
 
-def run_problems(cfg: TopsConfig, out: Path, n: int | None = None, seed: int | None = None) -> pd.DataFrame:
+def draw_problems(cfg: TopsConfig, n: int | None = None, seed: int | None = None,
+                  exclude: Sequence[Path] = (), heldout: bool = False) -> pd.DataFrame:
+    """Problems from the configured source, none sharing an id with the `exclude` artifacts. The
+    held-out split is drawn here only: eval.n_problems with a seed no training split uses."""
     from tops.domains import load_problems
 
+    if heldout:
+        n, seed = cfg.eval.n_problems, cfg.run.seed + EVAL_SEED_OFFSET
+    used = set().union(*(set(read_artifact(p, "problems")["problem_id"]) for p in exclude)) if exclude else set()
+    return load_problems(cfg.problems, n=n, seed=seed, exclude=used)
+
+
+def run_problems(cfg: TopsConfig, out: Path, n: int | None = None, seed: int | None = None,
+                 exclude: Sequence[Path] = (), heldout: bool = False) -> pd.DataFrame:
     with timed() as clock:
-        problems = load_problems(cfg.problems, n=n, seed=seed)
+        problems = draw_problems(cfg, n, seed, exclude, heldout)
         write_artifact(problems, out, "problems")
-    record_stage(out, "problems", config=config_section(cfg, "problems"), rows=len(problems),
+    record_stage(out, "problems", config={**config_section(cfg, "problems"), "n": len(problems), "seed": seed,
+                                          "heldout": heldout},
+                 inputs={f"exclude{i}": p for i, p in enumerate(exclude)}, rows=len(problems),
                  seconds=clock["seconds"])
     return problems
 
 
 def run_generate(cfg: TopsConfig, out: Path, problems_path: Path | None = None, model: str | None = None,
-                 engine=None, progress: bool = True) -> dict:
-    """Sample problems (from a file, else drawn from the configured source) at every effort."""
+                 engine=None, progress: bool = True, label: str | None = None,
+                 shard: tuple[int, int] = (0, 1)) -> dict:
+    """Sample problems (from a file, else drawn from the configured source) at every effort;
+    `shard` (i, n) takes every n-th problem from the i-th, so n processes split the work."""
     from tops.generate import generate_samples
     from tops.models import resolve_model
 
-    if problems_path is not None:
-        problems = read_artifact(problems_path, "problems")
-    else:
-        from tops.domains import load_problems
-
-        problems = load_problems(cfg.problems)
+    index, count = shard
+    if not 0 <= index < count:
+        raise UserError(f"--shard {index}/{count}: expected I/N with 0 <= I < N")
+    problems = read_artifact(problems_path, "problems") if problems_path is not None else draw_problems(cfg)
+    problems = problems.iloc[index::count].reset_index(drop=True)
     if problems.empty:
         raise UserError(f"{problems_path or 'problems'}: no rows (empty input)")
     model_name = model or cfg.model.base
@@ -57,14 +87,14 @@ def run_generate(cfg: TopsConfig, out: Path, problems_path: Path | None = None, 
             engine = make_engine(resolve_model(model_name), cfg.engine)
         try:
             _, summary = generate_samples(problems, engine, cfg.generate, cfg.efforts.prompts, out,
-                                          model_name=model_name, progress=progress)
+                                          model_name=label or default_label(model_name), progress=progress)
         finally:
             if owned:
                 with contextlib.suppress(Exception):
                     engine.close()
     record_stage(out, "generate", config=config_section(cfg, "model", "engine", "generate", "efforts"),
                  inputs={"problems": problems_path} if problems_path else None,
-                 rows=summary["rows"], seconds=clock["seconds"], summary=summary)
+                 rows=summary["rows"], seconds=clock["seconds"], summary={**summary, "shard": f"{index}/{count}"})
     _print_summary("generate", summary)
     return summary
 
@@ -137,15 +167,76 @@ def run_mask(cfg: TopsConfig, in_path: Path, out: Path, judge=None, progress: bo
     return summary
 
 
+def _is_oom(exc: BaseException) -> bool:
+    return exc.__class__.__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+def _oom_marker(out: Path) -> Path:
+    """Left by a launched rank that ran out of memory, so the launching process exits with
+    EXIT_OUT_OF_MEMORY whatever code `accelerate launch` itself returns."""
+    return out.with_name(out.name + ".oom")
+
+
+def run_train(cfg: TopsConfig, method: str, data: Path, kind: str, out: Path, base: str | None = None,
+              argv: Sequence[str] | None = None) -> dict | None:
+    """SFT or DPO into the model folder `out`. With train.num_processes > 1 the command `argv`
+    (this process's arguments) reruns under `accelerate launch`, here and from the flow alike.
+    Out of memory on any process: exit code EXIT_OUT_OF_MEMORY (the flow retries with half the
+    micro-batch). Returns the summary (None in a process that only launched the others)."""
+    from tops.models import resolve_model
+    from tops.train import maybe_relaunch, train_dpo, train_sft
+    from tops.train.common import in_launched_process, is_main_process
+
+    if method not in ("sft", "dpo"):
+        raise UserError(f"train method {method!r}: expected sft or dpo")
+    if kind not in ("selected", "masked", "samples", "pairs"):
+        raise UserError(f"--kind {kind!r}: expected selected, masked or samples")
+    frame = read_artifact(data, kind)
+    model = resolve_model(base or cfg.model.base)  # once, before any relaunch into several ranks
+    marker = _oom_marker(out)
+    marker.unlink(missing_ok=True)
+    summary = None
+    with timed() as clock:
+        try:
+            if not maybe_relaunch(list(argv if argv is not None else sys.argv[1:]), cfg.train):
+                train = train_dpo if method == "dpo" else train_sft
+                summary = train(frame, model, out, cfg.train, cfg.efforts.prompts)
+        except SystemExit as exc:  # the launched processes failed
+            if marker.exists():
+                marker.unlink()
+                _exit_out_of_memory(out)
+            raise exc
+        except Exception as exc:
+            if not _is_oom(exc):
+                raise
+            if in_launched_process():
+                marker.touch()
+            _exit_out_of_memory(out)
+    if in_launched_process() or not is_main_process():
+        return summary
+    import json
+
+    summary = summary or json.loads((out / "train_summary.json").read_text())
+    record_stage(out, f"train-{method}", config=config_section(cfg, "train", "efforts"),
+                 inputs={"data": data, **({"base": model} if Path(model).exists() else {})},
+                 rows=len(frame), seconds=clock["seconds"],
+                 summary={k: summary.get(k) for k in ("kind", "steps", "final_loss", "num_processes", "train_seconds")})
+    return summary
+
+
+def _exit_out_of_memory(out: Path) -> None:
+    console.print(f"error: {out}: out of memory while training; retry with a smaller train.batch_size")
+    raise SystemExit(EXIT_OUT_OF_MEMORY)
+
+
 def run_seed(cfg: TopsConfig, out: Path, problems_path: Path | None = None,
              base_model: str | None = None) -> dict:
     """Seed data from the configured teacher, with the paper's rules (tops.seed)."""
-    from tops.domains import load_problems
     from tops.models import load_tokenizer, resolve_model
     from tops.seed import apply_seed_rules, engine_responses, programmatic_responses
 
     problems = (read_artifact(problems_path, "problems") if problems_path
-                else load_problems(cfg.problems, n=cfg.flow.seed_problems))
+                else draw_problems(cfg, n=cfg.flow.seed_problems))
     tokenizer = load_tokenizer(base_model or resolve_model(cfg.model.base))
     with timed() as clock:
         if cfg.seed.teacher == "arith":
@@ -167,28 +258,27 @@ def run_seed(cfg: TopsConfig, out: Path, problems_path: Path | None = None,
     return summary
 
 
-EVAL_SEED_OFFSET = 7919  # held-out problems are drawn with a seed no training split uses
-
-
 def run_eval(cfg: TopsConfig, out: Path, models: list[str], train_problems: list[Path],
-             progress: bool = True) -> str:
-    """Evaluate models on held-out problems; returns the Markdown table."""
-    from tops.domains import load_problems
+             progress: bool = True, problems_path: Path | None = None, labels: list[str] | None = None) -> str:
+    """Evaluate models on held-out problems (a problems artifact, else drawn here); returns the
+    Markdown table. `labels` name the models in the `model` column (default: their folder names)."""
     from tops.engines import make_engine
     from tops.evaluate import contamination, evaluate_model, markdown_table
     from tops.models import resolve_model
 
+    labels = list(labels or [])
+    if labels and len(labels) != len(models):
+        raise UserError(f"--label: {len(labels)} labels for {len(models)} models (give one per --model, or none)")
     used = [read_artifact(p, "problems") for p in train_problems]
-    used_ids = set().union(*(set(u["problem_id"]) for u in used)) if used else set()
-    problems = load_problems(cfg.problems, n=cfg.eval.n_problems, seed=cfg.run.seed + EVAL_SEED_OFFSET,
-                             exclude=used_ids)
+    problems = (read_artifact(problems_path, "problems") if problems_path is not None
+                else draw_problems(cfg, exclude=train_problems, heldout=True))
     resolved = [resolve_model(m) for m in models]  # every name checked before any engine starts
     frames = []
     with timed() as clock:
-        for name, model in zip(models, resolved, strict=True):
+        for model, label in zip(resolved, labels or [default_label(m) for m in models], strict=True):
             engine = make_engine(model, cfg.engine)
             try:
-                frames.append(evaluate_model(problems, engine, Path(name).name, cfg.eval.efforts, cfg.eval.seeds,
+                frames.append(evaluate_model(problems, engine, label, cfg.eval.efforts, cfg.eval.seeds,
                                              cfg.eval.sampling, cfg.efforts.prompts, cfg.verify, out.parent,
                                              progress=progress))
             finally:
@@ -197,9 +287,11 @@ def run_eval(cfg: TopsConfig, out: Path, models: list[str], train_problems: list
         write_artifact(evals, out, "eval")
     table = markdown_table(evals)
     flagged = contamination(problems, [q for u in used for q in u["question"]]) if used else []
-    summary = {"models": models, "problems": len(problems), "contaminated": len(flagged)}
-    record_stage(out, "eval", config=config_section(cfg, "eval"), rows=len(evals), seconds=clock["seconds"],
-                 summary=summary)
+    summary = {"models": models, "labels": labels or None, "problems": len(problems), "contaminated": len(flagged)}
+    inputs = {**({"problems": problems_path} if problems_path else {}),
+              **{f"train_problems{i}": p for i, p in enumerate(train_problems)}}
+    record_stage(out, "eval", config=config_section(cfg, "eval"), inputs=inputs, rows=len(evals),
+                 seconds=clock["seconds"], summary=summary)
     out.with_suffix(".md").write_text(table + "\n")
     return table + f"\n\ncontamination: {len(flagged)} of {len(problems)} held-out questions share a word " \
                    "8-gram with a training question"

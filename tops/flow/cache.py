@@ -12,8 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from tops.artifacts import fingerprint, fingerprint_path
-
-CACHE_DIR = ".cache"
+from tops.layout import CACHE as CACHE_DIR
 
 
 @lru_cache(maxsize=256)

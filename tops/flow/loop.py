@@ -1,0 +1,186 @@
+"""One run of the loop: stage keys, output paths, timings, failure naming and publishing, and the
+plan of a dry run.
+
+Every stage is keyed by the fingerprint of its config section and input artifacts
+(tops.flow.cache) and writes a content-addressed output under `<run>/stages/`; the current lineage
+is published under the run folder's stable names (tops.layout). A `Loop` made with `planning=True`
+walks the same code without running anything: each stage becomes a `PlanStep` (cached or to run,
+its command and processes), and an output not made yet is a placeholder path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tops.config import TopsConfig
+from tops.errors import UserError
+from tops.flow.cache import is_complete, stage_key
+from tops.flow.tasks import StageFailed, child_command, child_task, train_task
+from tops.layout import RunLayout
+
+PENDING = "TBD"  # a plan's key for an output whose inputs are not made yet
+
+
+@dataclass
+class PlanStep:
+    """One stage of a dry run."""
+
+    name: str
+    inputs: dict[str, str]
+    output: str
+    cached: bool
+    args: list[str] | None = None  # a child process's `tops` arguments; None: runs in the flow's process
+    command: str | None = None
+    processes: int = 1
+    gpus: int = 0
+    memory: str | None = None  # issue 16: the stage's memory estimate
+    notes: list[str] = field(default_factory=list)
+
+
+def visible_gpus() -> int:
+    """GPUs this process may use, without starting CUDA (a plan imports no torch)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    return len(list(Path("/dev").glob("nvidia[0-9]*")))
+
+
+class Loop:
+    """Keys, output paths, failure naming and publishing for one run folder."""
+
+    def __init__(self, cfg: TopsConfig, planning: bool = False):
+        self.cfg = cfg
+        self.layout = RunLayout(cfg.run.dir)
+        self.dir = self.layout.dir
+        self.stages = self.layout.stages
+        self.planning = planning
+        self.plan: list[PlanStep] = []
+        self.lineage: dict[str, str] = {}
+        self.notes: list[str] = []
+        self.steps: list[tuple[str, list[str], bool]] = []  # (stage, its output names, computed now)
+
+    # ------------------------------------------------------------ timings
+
+    def timed(self, label: str, outputs: list[Path], run):
+        """Run `run()`; when it made new outputs, record its wall time (split over the outputs) under
+        their names, so a rerun that reuses them still knows what the stage cost when it ran."""
+        fresh = not all(is_complete(o) for o in outputs)
+        started = time.perf_counter()
+        result = run()
+        self.steps.append((label, [o.name for o in outputs], fresh))
+        if fresh:
+            timings = self._timings()
+            timings.update({o.name: (time.perf_counter() - started) / len(outputs) for o in outputs})
+            path = self.layout.timings
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(".partial")
+            partial.write_text(json.dumps(timings, indent=1))
+            partial.replace(path)  # a killed run never leaves half a file
+        return result
+
+    def _timings(self) -> dict[str, float]:
+        try:
+            return json.loads(self.layout.timings.read_text())
+        except (OSError, ValueError):  # none yet, or unreadable: timings are informative only
+            return {}
+
+    def stage_times(self) -> list[tuple[str, float | None, bool]]:
+        """(stage, minutes it took when it ran or None if not recorded, reused in this run)."""
+        timings = self._timings()
+        return [(label, sum(timings[n] for n in names) / 60 if all(n in timings for n in names) else None, not fresh)
+                for label, names, fresh in self.steps]
+
+    def compute_minutes(self) -> tuple[float, int]:
+        """(minutes the stages of this run took when they ran, how many of them were reused)."""
+        times = self.stage_times()
+        return sum(m or 0.0 for _, m, _ in times), sum(reused for _, _, reused in times)
+
+    # ------------------------------------------------------------ stages
+
+    def output(self, name: str, section: dict, inputs: dict[str, str], folder: bool = False) -> tuple[str, Path]:
+        """(key, output path); in a plan, an input not made yet makes a placeholder."""
+        if self.planning and any(not Path(p).exists() for p in inputs.values()):
+            return PENDING, self.layout.stage_output(name, PENDING, folder)
+        key = stage_key(name, section, inputs)
+        return key, self.layout.stage_output(name, key, folder)
+
+    def call(self, fn, name: str, section: dict, inputs: dict[str, str], *, folder: bool = False,
+             step: PlanStep | None = None, **params: Any) -> str:
+        """Run one stage task; `name` labels the task run, its output and its errors."""
+        key, out = self.output(name, section, inputs, folder)
+        if self.planning:
+            step = step or PlanStep(name, {}, "", False)
+            step.inputs, step.output, step.cached = dict(inputs), str(out), key != PENDING and is_complete(out)
+            if step.args is not None:  # the child's command line, as a user would type it
+                step.command = shlex.join(["tops", *child_command(step.args, out)[3:]])
+            self.plan.append(step)
+            return str(out)
+        try:
+            return self.timed(name, [out], lambda: self.task(fn, name)(key=key, out=str(out), run_dir=str(self.dir),
+                                                                 **params))
+        except UserError as exc:
+            raise UserError(f"stage '{name}': {exc}") from exc
+        except Exception as exc:
+            raise StageFailed(f"stage '{name}' failed: {exc.__class__.__name__}: {exc}") from exc
+
+    def child(self, name: str, section: dict, inputs: dict[str, str], args: list[str], cfg: TopsConfig, *,
+              train: bool = False, folder: bool = False) -> str:
+        """A heavy stage: `tops <args>` in a child process with `cfg` written beside its output."""
+        step = None
+        if self.planning:
+            processes = cfg.train.num_processes if train else 1
+            wanted = processes if train else cfg.engine.tensor_parallel_size if cfg.engine.kind in ("vllm", "hf") else 0
+            gpus = min(wanted, visible_gpus())
+            step = PlanStep(name, {}, "", False, args=args, processes=processes, gpus=gpus,
+                            notes=["accelerate launch"] if train and processes > 1 else [])
+        return self.call(train_task if train else child_task, name, section, inputs, folder=folder, step=step,
+                         cfg=cfg, stage=name, args=args)
+
+    def task(self, fn, name: str):
+        """The stage task with this run's result storage (its cache records) and retries."""
+        return fn.with_options(result_storage=self.layout.cache, task_run_name=name, retries=self.cfg.flow.retries,
+                               retry_delay_seconds=self.cfg.flow.retry_delay_s)
+
+    def publish(self, name: str, path: str) -> None:
+        """Stable name for the current lineage (hard link for files, symlink for models)."""
+        self.lineage[name] = str(path)
+        if self.planning:
+            return
+        target = self.layout.published(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+        elif target.is_dir():
+            shutil.rmtree(target)
+        source = Path(path).resolve()
+        if source.is_dir():
+            target.symlink_to(os.path.relpath(source, target.parent), target_is_directory=True)
+        else:
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copy2(source, target)
+
+
+def format_plan(steps: list[PlanStep], run_dir: Path) -> str:
+    """The dry run's page: one block per stage, in order."""
+    cached = sum(s.cached for s in steps)
+    lines = [f"plan for {run_dir}: {len(steps)} stages, {cached} cached, {len(steps) - cached} to run", ""]
+    for i, step in enumerate(steps, start=1):
+        where = (f"child process x{step.processes}" + (f", {step.gpus} GPU(s)" if step.gpus else "")
+                 + "".join(f", {n}" for n in step.notes)) if step.command else "in the flow's process"
+        memory = f", memory {step.memory}" if step.memory else ""
+        lines.append(f"{i:>2}. {step.name}: {'cached' if step.cached else 'to run'} ({where}{memory})")
+        for name, path in step.inputs.items():
+            lines.append(f"      in  {name}: {path}")
+        lines.append(f"      out {step.output}")
+        if step.command:
+            lines.append(f"      $ {step.command}")
+    return "\n".join(lines)

@@ -1,0 +1,120 @@
+"""Every name in a run folder, in one place.
+
+A flow run writes each stage's output content-addressed under `stages/` (with the resolved config a
+child stage ran with beside it), then publishes the current lineage under stable names: the names
+`tops compare`, the report and the Hub export read. Nothing else spells these paths.
+
+    <run>/config.yaml            the run's resolved config
+    <run>/stages/<stage>-<key>[.parquet]   stage outputs (a model is a folder)
+    <run>/stages/<stage>-<key>.yaml        the config a child stage ran with
+    <run>/stages/manifest.json   one record per stage output; timings.json: wall time per output
+    <run>/problems/<split>.parquet, seed.parquet, samples.parquet, verified.parquet, ...
+    <run>/iter<k>/{verified,masked,pairs}.parquet, <run>/models/<label>
+    <run>/eval.parquet, report.md, lineage.json (published name -> stage output)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# Model labels: the `model` column of eval rows and the names under models/.
+BASE, TAG, TOPS, RANDOM = "base", "tag", "tops", "random"
+
+# Published names (relative to the run folder).
+CONFIG = "config.yaml"
+LINEAGE = "lineage.json"
+REPORT = "report.md"
+EVAL = "eval.parquet"
+SEED = "seed.parquet"
+SAMPLES = "samples.parquet"
+VERIFIED = "verified.parquet"
+SELECTED = "selected.parquet"
+MASKED = "masked.parquet"
+MASKED_RANDOM = "masked_random.parquet"
+STAGES = "stages"
+CACHE = ".cache"
+MANIFEST = "manifest.json"
+TIMINGS = "timings.json"
+
+
+def default_label(model: str | Path) -> str:
+    """A model's label when none is given: its alias, or the name of its folder / Hub id."""
+    return Path(str(model)).name
+
+
+def iteration(k: int) -> str:
+    """Label of the model after the k-th self-improvement iteration (and its folder's name)."""
+    return f"iter{k}"
+
+
+def problems(split: str) -> str:
+    return f"problems/{split}.parquet"
+
+
+def model(label: str) -> str:
+    return f"models/{label}"
+
+
+def in_iteration(k: int, artifact: str) -> str:
+    """`iter<k>/verified.parquet`, `iter<k>/masked.parquet`, `iter<k>/pairs.parquet`."""
+    return f"{iteration(k)}/{artifact}"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Paths of one run folder."""
+
+    dir: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "dir", Path(self.dir))
+
+    @property
+    def stages(self) -> Path:
+        return self.dir / STAGES
+
+    @property
+    def config(self) -> Path:
+        return self.dir / CONFIG
+
+    @property
+    def lineage(self) -> Path:
+        return self.dir / LINEAGE
+
+    @property
+    def report(self) -> Path:
+        return self.dir / REPORT
+
+    @property
+    def eval(self) -> Path:
+        return self.dir / EVAL
+
+    @property
+    def cache(self) -> Path:
+        """Prefect's result records (one per stage key)."""
+        return self.dir / CACHE
+
+    @property
+    def timings(self) -> Path:
+        return self.stages / TIMINGS
+
+    @property
+    def manifest(self) -> Path:
+        """The flow's stage records (a CLI stage records beside its own output)."""
+        return self.stages / MANIFEST
+
+    def stage_output(self, name: str, key: str, folder: bool = False) -> Path:
+        return self.stages / (f"{name}-{key}" if folder else f"{name}-{key}.parquet")
+
+    @staticmethod
+    def stage_config(output: str | Path) -> Path:
+        """The resolved config a child stage ran with, beside its output."""
+        output = Path(output)
+        return output.with_name(output.name.removesuffix(".parquet") + ".yaml")
+
+    def published(self, name: str) -> Path:
+        return self.dir / name
+
+    def model(self, label: str) -> Path:
+        return self.dir / model(label)
