@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from flows.tops_flow import tops_loop
+from tops.flows.tops_flow import tops_loop
 
 
 def build_deployment(config: str | None, overrides: list[str], cron: str, name: str):

@@ -1,6 +1,5 @@
-"""Prefect entry point (`prefect deploy flows/tops_flow.py:tops_loop`, prefect.yaml): the flow lives
-in tops.flow, so installing tops puts no top-level package named `flows` on anyone's path."""
+"""Prefect entry point by file path (`prefect deploy flows/tops_flow.py:tops_loop`, prefect.yaml)."""
 
-from tops.flow.pipeline import run, tops_loop
+from tops.flows.pipeline import run, tops_loop
 
 __all__ = ["run", "tops_loop"]

@@ -4,7 +4,7 @@ seed data -> tag model -> multi-effort sampling -> verify -> select -> mask -> S
 (TOPS model) [-> random-correct baseline] -> k x (sample n from the latest model -> verify ->
 Iter-SFT or Iter-DPO) -> evaluate every model -> report.
 
-Each stage is one task (tops.flow.tasks) over its stage runner; heavy stages run as child
+Each stage is one task (tops.flows.tasks) over its stage runner; heavy stages run as child
 processes. `plan()` walks the same loop without running anything (`tops run --dry-run`).
 """
 
@@ -22,8 +22,8 @@ from prefect import flow, get_run_logger
 from tops import layout as names
 from tops.artifacts import read_artifact, write_artifact
 from tops.config import EFFORT_ORDER, GenerateConfig, TopsConfig, config_section, load_config
-from tops.flow.loop import Loop, PlanStep, StageFailed
-from tops.flow.tasks import (
+from tops.flows.loop import Loop, PlanStep, StageFailed
+from tops.flows.tasks import (
     mask_task,
     merge_task,
     pairs_task,
@@ -66,7 +66,7 @@ def _sample(loop: Loop, stage: str, model: str, label: str, problems: str, gen: 
 
 
 def _run_shards(loop: Loop, stage: str, section: dict, inputs: dict, args: list[str], cfg: TopsConfig) -> list[str]:
-    from tops.flow.tasks import child_task
+    from tops.flows.tasks import child_task
 
     shards = cfg.flow.generate_shards
     keyed = [loop.output(f"{stage}-shard{i}", section, inputs) for i in range(shards)]
