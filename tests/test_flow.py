@@ -137,14 +137,17 @@ def test_smoke_flow_produces_every_artifact(first_run, run_root):
 
 
 def test_flow_trains_under_two_real_processes(first_run):
-    """What the trainer's processes recorded, not what was asked for."""
-    run_dir = Path(first_run[0]["run_dir"])
+    """What the trainer's processes recorded, not what was asked for (iter1 may have kept the TOPS
+    model when its samples had nothing to learn from)."""
+    result, states = first_run
+    run_dir = Path(result["run_dir"])
     for model in ("tag", "tops", "random", "iter1"):
         summary = json.loads((run_dir / "models" / model / "train_summary.json").read_text())
         assert summary["num_processes"] == 2, model
     records = json.loads((run_dir / "stages" / "manifest.json").read_text())["stages"]
     trained = [r for r in records.values() if r["stage"] == "train-sft"]
-    assert len(trained) == 4 and all(r["summary"]["num_processes"] == 2 for r in trained)
+    assert len(trained) == len([name for name in states if name.startswith("train-")]) >= 3
+    assert all(r["summary"]["num_processes"] == 2 for r in trained)
 
 
 def test_every_flow_stage_has_its_manifest_record_in_the_cli_form(first_run, tmp_path):
@@ -167,9 +170,9 @@ def test_every_flow_stage_has_its_manifest_record_in_the_cli_form(first_run, tmp
     flow_record = next(r for r in records.values() if r["stage"] == "problems")
     assert set(cli_record) == set(flow_record) - {"inputs"}
     # every heavy stage ran from the resolved config written beside its output
-    for name in ("seed", "train-tag", "generate", "eval-tops"):
-        [config] = (run_dir / "stages").glob(f"{name}-*.yaml")
-        assert load_config(config).run.dir == run_dir
+    heavy = [n for n in states if n == "seed" or n.startswith(("train-", "generate", "eval-"))]
+    configs = list((run_dir / "stages").glob("*.yaml"))
+    assert len(configs) == len(heavy) and all(load_config(c).run.dir == run_dir for c in configs)
 
 
 def test_second_run_hits_every_cache(first_run, run_root, tiny_model_dir):
