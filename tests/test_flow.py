@@ -70,7 +70,7 @@ def _run(overrides: list[str]):
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    from tops.flow import tops_loop
+    from tops.flows.pipeline import tops_loop
 
     state = tops_loop(config=str(SMOKE), overrides=overrides, return_state=True)
     assert state.is_completed(), state.message
@@ -223,7 +223,7 @@ def test_deleted_artifact_is_rebuilt(first_run, run_root, tiny_model_dir):
 def test_serve_registers_a_scheduled_deployment(harness):
     from prefect import get_client
 
-    from flows.deploy import register
+    from tops.flows.deploy import register
 
     deployment_id = register(str(SMOKE), ["flow.iterations=0"], cron="0 3 * * *", name="smoke-nightly")
 
@@ -284,8 +284,8 @@ def test_ray_runner_maps_generation_shards(harness, tmp_path, tiny_model_dir):
     """Distributed sampling: shards mapped over prefect-ray's RayTaskRunner on a local Ray."""
     from prefect import flow
 
-    from tops.flow.loop import Loop
-    from tops.flow.pipeline import _problems, _sample, task_runner_for
+    from tops.flows.loop import Loop
+    from tops.flows.pipeline import _problems, _sample, task_runner_for
 
     cfg = load_config(SMOKE, _overrides(tmp_path, tiny_model_dir, "flow.runner=ray", "flow.generate_shards=2",
                                         "generate.n_samples=1"))
@@ -312,8 +312,8 @@ def test_a_child_stages_input_error_names_the_stage(harness, tmp_path, tiny_mode
     from prefect import flow
 
     from tops.errors import UserError
-    from tops.flow.loop import Loop
-    from tops.flow.pipeline import _problems
+    from tops.flows.loop import Loop
+    from tops.flows.pipeline import _problems
 
     cfg = load_config(SMOKE, _overrides(tmp_path, tiny_model_dir))
 
@@ -346,9 +346,9 @@ def test_iter_dpo_stage_trains_from_pairs(first_run, run_root, tiny_model_dir):
     """The Iter-DPO branch: pairs from the run's verified samples -> DPO from the TOPS model."""
     from prefect import flow
 
-    from tops.flow.loop import Loop
-    from tops.flow.pipeline import _train
-    from tops.flow.tasks import pairs_task
+    from tops.flows.loop import Loop
+    from tops.flows.pipeline import _train
+    from tops.flows.tasks import pairs_task
 
     cfg = load_config(SMOKE, _module_overrides(run_root, tiny_model_dir, "flow.iter_method=dpo"))
     run_dir = Path(first_run[0]["run_dir"])
@@ -375,7 +375,7 @@ def test_train_task_keeps_dill_global_detection(harness):
     import dill.detect
     from prefect import flow, task
 
-    from tops.flow.tasks import train_task
+    from tops.flows.tasks import train_task
 
     def uses_len(x):
         return len(x)
