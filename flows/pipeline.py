@@ -162,11 +162,16 @@ def _logger(loop: Loop):
 
 
 def _base_model(loop: Loop) -> str:
-    from tops.models import resolve_model
+    """The resolved base model; a plan does not prepare an alias's folder, it names what would be."""
+    from tops.models import DEFAULT_MODEL, TINY_MODEL, models_dir, resolve_model
 
     name = loop.cfg.model.base
-    if loop.planning and not Path(name).expanduser().exists() and "/" not in name:
-        return name  # an alias: a plan does not prepare it
+    if loop.planning:
+        alias = name.strip().lower()
+        folder = (models_dir() / "SmolLM2-135M-Instruct" if alias in (DEFAULT_MODEL, "default", "smollm2")
+                  else models_dir() / "tiny" if alias == TINY_MODEL else None)
+        if folder is not None:
+            return str(folder)  # its stages are to run until it exists
     return resolve_model(name)
 
 

@@ -82,3 +82,23 @@ def test_problems_command_writes_artifact(tmp_path):
     assert result.returncode == 0, result.stderr
     frame = pd.read_parquet(tmp_path / "p.parquet")
     assert len(frame) == 9 and (tmp_path / "manifest.json").exists()
+
+
+def test_run_dry_run_lists_every_stage_of_the_demo_and_runs_nothing(tmp_path):
+    result = tops("run", "--dry-run", "--config", str(REPO / "configs" / "demo.yaml"),
+                  "--set", f"run.root={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    stages = ["problems-seed", "problems-train", "problems-iter1", "problems-eval", "seed", "train-tag",
+              "generate", "verify", "select-tops", "mask-tops", "train-tops", "generate-iter1", "verify-iter1",
+              "eval-base", "eval-tag", "eval-tops", "eval-iter1"]
+    positions = [out.index(f". {name}: to run") for name in stages]
+    assert positions == sorted(positions)  # in the order they run
+    assert "$ tops train sft --data" in out and "$ tops eval --model" in out and "$ tops generate --in" in out
+    assert "0 cached" in out and not list(tmp_path.iterdir())  # nothing written
+
+
+def test_run_dry_run_with_a_bad_config_exits_2(tmp_path):
+    result = tops("run", "--dry-run", "--config", str(REPO / "configs" / "demo.yaml"), "--set", f"run.root={tmp_path}",
+                  "--set", "flow.iter_method=ppo")
+    assert_user_error(result, "flow.iter_method")

@@ -3,6 +3,7 @@ real trainers, real Prefect server from prefect_test_harness)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -39,12 +40,37 @@ def _overrides(root: Path, tiny_model_dir: Path, *extra: str) -> list[str]:
     return [f"run.root={root}", f"model.base={tiny_model_dir}", *extra]
 
 
+# The module's runs train every model under `accelerate launch` on two processes, started by the
+# flow exactly as `tops train` starts them; the killed-run test below trains on one.
+TWO_PROCESSES = "train.num_processes=2"
+
+
+def _module_overrides(root: Path, tiny_model_dir: Path, *extra: str) -> list[str]:
+    return _overrides(root, tiny_model_dir, TWO_PROCESSES, *extra)
+
+
+def _alive_with(needle: str) -> list[str]:
+    """Command lines of live processes that mention `needle` (e.g. a test's run folder)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if needle in cmdline and state != "Z":
+            found.append(f"{proc.name}: {cmdline[:200]}")
+    return found
+
+
 def _run(overrides: list[str]):
     """Run the flow; return (result, {task_run_name: state_name})."""
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    from flows.tops_flow import tops_loop
+    from tops.flows.pipeline import tops_loop
 
     state = tops_loop(config=str(SMOKE), overrides=overrides, return_state=True)
     assert state.is_completed(), state.message
@@ -64,7 +90,7 @@ def _run(overrides: list[str]):
 
 @pytest.fixture(scope="module")
 def first_run(harness, run_root, tiny_model_dir):
-    return _run(_overrides(run_root, tiny_model_dir))
+    return _run(_module_overrides(run_root, tiny_model_dir))
 
 
 EXPECTED = {
@@ -110,8 +136,47 @@ def test_smoke_flow_produces_every_artifact(first_run, run_root):
     assert result["stages_reused"] == 0 and result["stages"] >= 10 and result["stage_minutes"] > 0
 
 
+def test_flow_trains_under_two_real_processes(first_run):
+    """What the trainer's processes recorded, not what was asked for (iter1 may have kept the TOPS
+    model when its samples had nothing to learn from)."""
+    result, states = first_run
+    run_dir = Path(result["run_dir"])
+    for model in ("tag", "tops", "random", "iter1"):
+        summary = json.loads((run_dir / "models" / model / "train_summary.json").read_text())
+        assert summary["num_processes"] == 2, model
+    records = json.loads((run_dir / "stages" / "manifest.json").read_text())["stages"]
+    trained = [r for r in records.values() if r["stage"] == "train-sft"]
+    assert len(trained) == len([name for name in states if name.startswith("train-")]) >= 3
+    assert all(r["summary"]["num_processes"] == 2 for r in trained)
+
+
+def test_every_flow_stage_has_its_manifest_record_in_the_cli_form(first_run, tmp_path):
+    import subprocess as sp
+
+    result, states = first_run
+    run_dir = Path(result["run_dir"])
+    records = json.loads((run_dir / "stages" / "manifest.json").read_text())["stages"]
+    outputs = {p.name.removesuffix(".parquet") for p in (run_dir / "stages").iterdir()
+               if (p.suffix == ".parquet" and not p.name.startswith("eval-samples")) or p.is_dir()}
+    assert outputs and outputs == set(records), outputs ^ set(records)
+    assert {r["stage"] for r in records.values()} >= {"problems", "seed", "train-sft", "generate", "verify",
+                                                      "select", "mask", "eval"}
+    assert len(records) == len(states)  # one record per stage task
+    # the CLI's own record of a stage has the same fields
+    cli = sp.run([sys.executable, "-m", "tops.cli", "problems", "--config", str(SMOKE), "--n", "3",
+                  "--out", str(tmp_path / "p.parquet")], capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr
+    cli_record = json.loads((tmp_path / "manifest.json").read_text())["stages"]["p"]
+    flow_record = next(r for r in records.values() if r["stage"] == "problems")
+    assert set(cli_record) == set(flow_record) - {"inputs"}
+    # every heavy stage ran from the resolved config written beside its output
+    heavy = [n for n in states if n == "seed" or n.startswith(("train-", "generate", "eval-"))]
+    configs = list((run_dir / "stages").glob("*.yaml"))
+    assert len(configs) == len(heavy) and all(load_config(c).run.dir == run_dir for c in configs)
+
+
 def test_second_run_hits_every_cache(first_run, run_root, tiny_model_dir):
-    result, states = _run(_overrides(run_root, tiny_model_dir))
+    result, states = _run(_module_overrides(run_root, tiny_model_dir))
     assert states and all(state == "Cached" for state in states.values()), states
     assert result["lineage"] == first_run[0]["lineage"]
     # the reused stages keep the time they took when they ran
@@ -121,8 +186,25 @@ def test_second_run_hits_every_cache(first_run, run_root, tiny_model_dir):
     assert "| computed |" not in report and f"0 computed, {result['stages']} reused" in report
 
 
+def test_dry_run_after_a_finished_run_marks_every_stage_cached(first_run, run_root, tiny_model_dir, tmp_path):
+    cmd = [sys.executable, "-m", "tops.cli", "run", "--dry-run", "--config", str(SMOKE)]
+    for item in _module_overrides(run_root, tiny_model_dir):
+        cmd += ["--set", item]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    stages = first_run[1]
+    assert f"{len(stages)} stages, {len(stages)} cached, 0 to run" in done.stdout
+    for name in stages:
+        assert f". {name}: cached" in done.stdout, name
+    assert "$ tops train sft --data" in done.stdout and "child process x2" in done.stdout
+    # a changed setting: that stage and what depends on it are to run, the rest stays cached
+    done = subprocess.run([*cmd, "--set", "select.policy=random"], capture_output=True, text=True, timeout=300)
+    assert ". select-tops: to run" in done.stdout and ". train-tops: to run" in done.stdout
+    assert ". train-tag: cached" in done.stdout
+
+
 def test_changed_policy_reruns_select_and_downstream_only(first_run, run_root, tiny_model_dir):
-    _, states = _run(_overrides(run_root, tiny_model_dir, "select.policy=random"))
+    _, states = _run(_module_overrides(run_root, tiny_model_dir, "select.policy=random"))
     upstream = ["problems-seed", "problems-train", "problems-iter1", "problems-eval", "seed", "train-tag",
                 "generate", "verify", "select-random", "mask-random", "train-random", "eval-base", "eval-tag"]
     for name in upstream:
@@ -134,14 +216,14 @@ def test_changed_policy_reruns_select_and_downstream_only(first_run, run_root, t
 def test_deleted_artifact_is_rebuilt(first_run, run_root, tiny_model_dir):
     lineage = first_run[0]["lineage"]
     Path(lineage["verified.parquet"]).unlink()
-    _, states = _run(_overrides(run_root, tiny_model_dir))
+    _, states = _run(_module_overrides(run_root, tiny_model_dir))
     assert states["verify"] == "Completed" and states["generate"] == "Cached"
 
 
 def test_serve_registers_a_scheduled_deployment(harness):
     from prefect import get_client
 
-    from flows.deploy import register
+    from tops.flows.deploy import register
 
     deployment_id = register(str(SMOKE), ["flow.iterations=0"], cron="0 3 * * *", name="smoke-nightly")
 
@@ -158,7 +240,8 @@ def test_serve_registers_a_scheduled_deployment(harness):
 
 
 def test_killed_flow_resumes_with_the_same_rows(tmp_path, tiny_model_dir):
-    """Kill a real `tops run` while it generates; rerunning finishes with every row once."""
+    """Kill a real `tops run` while its generation child runs: no child survives the flow, and
+    rerunning finishes with every row once."""
     overrides = _overrides(tmp_path, tiny_model_dir, "flow.iterations=0", "flow.random_baseline=false",
                            "generate.shard_size=4", "eval.n_problems=3", "eval.seeds=[0]")
     cmd = [sys.executable, "-m", "tops.cli", "run", "--config", str(SMOKE)]
@@ -172,8 +255,13 @@ def test_killed_flow_resumes_with_the_same_rows(tmp_path, tiny_model_dir):
     while time.time() < deadline and not any(stages.glob("generate-*.parquet.shards/shard-*.parquet")):
         assert first.poll() is None, first.stderr.read().decode()[-3000:]
         time.sleep(0.1)
-    os.killpg(first.pid, signal.SIGKILL)
+    assert _alive_with(str(stages / "generate-"))  # the generation child is running
+    os.killpg(first.pid, signal.SIGKILL)  # the flow's group; each child has a session of its own
     first.wait()
+    deadline = time.time() + 20
+    while _alive_with(str(tmp_path / "smoke")) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _alive_with(str(tmp_path / "smoke"))
     assert not (tmp_path / "smoke" / "samples.parquet").exists()
 
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
@@ -196,7 +284,8 @@ def test_ray_runner_maps_generation_shards(harness, tmp_path, tiny_model_dir):
     """Distributed sampling: shards mapped over prefect-ray's RayTaskRunner on a local Ray."""
     from prefect import flow
 
-    from flows.tops_flow import Loop, _problems, _sample, task_runner_for
+    from tops.flows.loop import Loop
+    from tops.flows.pipeline import _problems, _sample, task_runner_for
 
     cfg = load_config(SMOKE, _overrides(tmp_path, tiny_model_dir, "flow.runner=ray", "flow.generate_shards=2",
                                         "generate.n_samples=1"))
@@ -207,12 +296,36 @@ def test_ray_runner_maps_generation_shards(harness, tmp_path, tiny_model_dir):
     def sample_only():
         loop = Loop(cfg)
         problems = _problems(loop, "train", 6, 0, [])
-        return _sample(loop, "generate", str(tiny_model_dir), problems, cfg.generate)
+        return _sample(loop, "generate", str(tiny_model_dir), "tiny", problems, cfg.generate)
 
     samples = read_artifact(sample_only(), "samples")
     assert len(samples) == 6 * 3 and not samples.duplicated(["problem_id", "effort", "sample_idx"]).any()
+    assert set(samples["model"]) == {"tiny"}
     shards = sorted(Path(tmp_path / "smoke" / "stages").glob("generate-shard*-*.parquet"))
     assert len(shards) == 2
+    records = json.loads((tmp_path / "smoke" / "stages" / "manifest.json").read_text())["stages"]
+    assert sorted(r["summary"]["shard"] for r in records.values() if r["stage"] == "generate") == ["0/2", "1/2"]
+
+
+def test_a_child_stages_input_error_names_the_stage(harness, tmp_path, tiny_model_dir):
+    """Exit code 2 of a child stays a clean UserError that names the stage."""
+    from prefect import flow
+
+    from tops.errors import UserError
+    from tops.flows.loop import Loop
+    from tops.flows.pipeline import _problems
+
+    cfg = load_config(SMOKE, _overrides(tmp_path, tiny_model_dir))
+
+    @flow
+    def bad_eval():
+        loop = Loop(cfg)
+        problems = _problems(loop, "eval", 2, 0, [])
+        return loop.child("eval-nobody", {}, {"problems": problems},
+                          ["eval", "--model", "nonexistent-model", "--problems", problems, "--quiet"], cfg)
+
+    with pytest.raises(UserError, match=r"stage 'eval-nobody': model 'nonexistent-model': unknown model"):
+        bad_eval()
 
 
 def test_flow_run_exports_to_a_loadable_hub_dataset(first_run, tmp_path):
@@ -233,9 +346,11 @@ def test_iter_dpo_stage_trains_from_pairs(first_run, run_root, tiny_model_dir):
     """The Iter-DPO branch: pairs from the run's verified samples -> DPO from the TOPS model."""
     from prefect import flow
 
-    from flows.tops_flow import Loop, _train, pairs_task
+    from tops.flows.loop import Loop
+    from tops.flows.pipeline import _train
+    from tops.flows.tasks import pairs_task
 
-    cfg = load_config(SMOKE, _overrides(run_root, tiny_model_dir, "flow.iter_method=dpo"))
+    cfg = load_config(SMOKE, _module_overrides(run_root, tiny_model_dir, "flow.iter_method=dpo"))
     run_dir = Path(first_run[0]["run_dir"])
     verified = first_run[0]["lineage"]["verified.parquet"]
 
@@ -260,7 +375,7 @@ def test_train_task_keeps_dill_global_detection(harness):
     import dill.detect
     from prefect import flow, task
 
-    from flows.tops_flow import train_task
+    from tops.flows.tasks import train_task
 
     def uses_len(x):
         return len(x)

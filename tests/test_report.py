@@ -15,8 +15,9 @@ import yaml
 from tops.artifacts import write_artifact
 from tops.bootstrap import accuracy_intervals, paired_difference, per_problem_accuracy
 from tops.compare import compare_markdown, load_run
+from tops.demo import README_END, README_START, update_readme_results
 from tops.errors import UserError
-from tops.report import README_END, README_START, goal_checks, shape_checks, update_readme_results
+from tops.goals import goal_checks, shape_checks
 
 LEVELS = ["easy", "hard"]
 
@@ -176,7 +177,7 @@ def test_readme_section_is_written_from_the_runs(tmp_path):
 
 
 def test_demo_plan_keeps_the_configured_seed_unless_loop_seeds_are_given():
-    from tops.cli import demo_plan
+    from tops.demo import demo_plan
 
     assert demo_plan("demo", 7, ["run.seed=7"], None) == {7: ["run.seed=7"]}
     plan = demo_plan("demo", 0, ["eval.n_problems=9"], [0, 2, 2])

@@ -213,15 +213,6 @@ def run_cmd(config: ConfigOpt = None, sets: SetOpt = None,
     _run_flow(config, sets)
 
 
-def demo_plan(name: str, seed: int, sets: list[str] | None, loop_seeds: list[int] | None) -> dict[int, list[str]]:
-    """run.seed -> overrides. Without loop seeds: one run exactly as configured. With them: one run
-    per seed, named `<name>-seed<k>`; seed 0 keeps the plain name (the usual run folder)."""
-    if not loop_seeds:
-        return {seed: list(sets or [])}
-    return {k: [*(sets or []), f"run.seed={k}", f"run.name={name if k == 0 else f'{name}-seed{k}'}"]
-            for k in dict.fromkeys(loop_seeds)}
-
-
 @app.command("demo")
 def demo_cmd(sets: SetOpt = None,
              loop_seeds: Annotated[list[int] | None, typer.Option(
@@ -238,6 +229,8 @@ def demo_cmd(sets: SetOpt = None,
     cfg = _config(config, sets)
     name = cfg.run.name
     runs = []
+    from tops.demo import demo_plan, update_readme_results
+
     for seed, run_sets in demo_plan(name, cfg.run.seed, sets, loop_seeds).items():
         started = time.perf_counter()
         result = _run_flow(config, run_sets)
@@ -252,8 +245,6 @@ def demo_cmd(sets: SetOpt = None,
         comparison = write_comparison([load_run(Path(r["run_dir"])) for r in runs], path)
         typer.echo(f"\n{comparison}\n\nacross runs: {path}")
     if readme and (repo / "README.md").exists():
-        from tops.report import update_readme_results
-
         update_readme_results(repo / "README.md", runs, comparison)
 
 

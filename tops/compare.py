@@ -17,7 +17,9 @@ from tops.artifacts import read_artifact
 from tops.config import EFFORT_ORDER
 from tops.errors import UserError
 from tops.evaluate import ordered_difficulties, summarize
-from tops.report import checks_markdown, effort_shares, goal_checks, plot_points, shape_checks
+from tops.goals import checks_markdown, effort_shares, goal_checks, shape_checks
+from tops.layout import SELECTED, RunLayout
+from tops.report import plot_points
 
 
 @dataclass
@@ -32,20 +34,20 @@ class RunResult:
 def load_run(run_dir: Path) -> RunResult:
     """A finished run folder: its eval rows, its TOPS selection (without appended seed rows) and
     the difficulty order of its config."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "eval.parquet").exists():
-        raise UserError(f"{run_dir}: no eval.parquet here; is this a finished `tops run` folder?")
-    evals = read_artifact(run_dir / "eval.parquet", "eval")
+    run = RunLayout(run_dir)
+    if not run.eval.exists():
+        raise UserError(f"{run.dir}: no {run.eval.name} here; is this a finished `tops run` folder?")
+    evals = read_artifact(run.eval, "eval")
     selected = None
-    if (run_dir / "selected.parquet").exists():
-        selected = read_artifact(run_dir / "selected.parquet", "selected")
+    if run.published(SELECTED).exists():
+        selected = read_artifact(run.published(SELECTED), "selected")
         selected = selected[selected["policy"] != "seed-low"]
     levels, seed = None, None
-    if (run_dir / "config.yaml").exists():
-        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    if run.config.exists():
+        config = yaml.safe_load(run.config.read_text()) or {}
         levels = list(config.get("problems", {}).get("source", {}).get("levels") or {}) or None
         seed = config.get("run", {}).get("seed")
-    return RunResult(run_dir.name, evals, selected, levels, seed)
+    return RunResult(run.dir.name, evals, selected, levels, seed)
 
 
 def per_run_table(runs: list[RunResult]) -> pd.DataFrame:

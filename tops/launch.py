@@ -57,7 +57,10 @@ def _pump(proc: subprocess.Popen, name: str, tail: deque, log: Callable[[str, st
         line = line.rsplit("\r", 1)[-1]
         if line.strip():
             tail.append(line)
-            log(name, line)
+            try:
+                log(name, line)
+            except Exception:  # a broken log sink must not stop the pipe being drained
+                pass
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -10,7 +10,7 @@ child stage ran with beside it), then publishes the current lineage under stable
     <run>/stages/manifest.json   one record per stage output; timings.json: wall time per output
     <run>/problems/<split>.parquet, seed.parquet, samples.parquet, verified.parquet, ...
     <run>/iter<k>/{verified,masked,pairs}.parquet, <run>/models/<label>
-    <run>/eval.parquet, report.md, lineage.json (published name -> stage output)
+    <run>/eval.parquet, report.md (+ its plots), lineage.json (published name -> stage output)
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ BASE, TAG, TOPS, RANDOM = "base", "tag", "tops", "random"
 CONFIG = "config.yaml"
 LINEAGE = "lineage.json"
 REPORT = "report.md"
+ACCURACY_PLOT = "accuracy_vs_tokens.png"
+SHARES_PLOT = "effort_shares.png"
 EVAL = "eval.parquet"
 SEED = "seed.parquet"
 SAMPLES = "samples.parquet"
