@@ -51,10 +51,11 @@ _NUMBER_TOKEN = re.compile(r"[+-]?\d[\d,]*(?:\.\d+)?")
 # The same markers as regexes with a named group `answer`, for the masking stage, which finds
 # every answer a response states (MaskConfig.answer_patterns), not only the final one. The box
 # reads up to three levels of nested braces; the phrase stops at the end of a short answer.
+# Possessive quantifiers (*+, ++) keep a long run of spaces from being rescanned (quadratic).
 BOXED_ANSWER_PATTERN = r"\\boxed\s*\{(?P<answer>(?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*)\}"
 # "the answer is 41", "Final Answer: $41$"; no (?i:...) as it defeats the regex engine's literal
 # prefix scan (5x slower).
-PHRASE_ANSWER_PATTERN = (r"[Aa]nswer(?:\s+(?:is|would\s+be|should\s+be)\s*:?|\s*:)\s*"
+PHRASE_ANSWER_PATTERN = (r"[Aa]nswer(?:\s++(?:is|would\s++be|should\s++be)\s*+:?|\s*+:)\s*+"
                          r"(?P<answer>\$[^$\n]{1,80}\$|-?[\d\\][\w\\^/.,{}()+\-]{0,60})")
 
 # Longest answer text the number parser looks at: keeps Fraction/int work bounded.
