@@ -9,16 +9,15 @@ directory, so a write anywhere (the default runs root included) shows up in its 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from bounds import within
 
 from tops.artifacts import read_artifact, write_artifact
 from tops.cli import main
@@ -30,21 +29,6 @@ MB = 1 << 20
 
 
 # ---------------------------------------------------------------- harness
-
-
-@contextmanager
-def within(seconds: int):
-    """A hang guard, not a speed goal: a quadratic step on 1 MB takes hours, not this."""
-    def expire(*_):
-        raise TimeoutError(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def tops(capsys, *args) -> tuple[int, str]:
