@@ -43,6 +43,7 @@ CASES = [
     ("boxes", "6", "First I guessed \\boxed{5}, but recomputing the whole sum carefully from the start "
                    "gives a different total.\nThe answer is \\boxed{6}.", True, "ok"),
     ("boxes", "-2, 1", "The solutions are $\\boxed{-2}$ and $\\boxed{2}$.", False, "ok"),
+    ("boxes", "5", "The answer is $\\boxed{5}$\n\n\\boxed{5}", True, "ok"),
     # a comma inside a box is a list separator when a space follows it
     ("list", "10, 100", "The two numbers are \\boxed{10100}.", False, "ok"),
     ("list", "10100", "The two numbers are $\\boxed{10, 100}$.", False, "ok"),

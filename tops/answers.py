@@ -157,7 +157,8 @@ def final_boxed(text: str) -> str | None:
                                                        strict=True):
         if next_start - end > _MAX_JOINER_CHARS or _BOX_JOINER.fullmatch(text, end, next_start) is None:
             break
-        parts.append(content.strip())
+        if content.strip() != parts[-1]:  # "$\boxed{5}$\n\n\boxed{5}" states 5 once
+            parts.append(content.strip())
     return ", ".join(reversed(parts))
 
 
@@ -428,6 +429,8 @@ def same_answer(a: str, b: str) -> bool | None:
     """Quick comparison with no symbolic maths: True / False when both read as plain numbers
     (exactly, `numbers_equal`) or both as text; None when one is a number and the other not,
     or either is empty (undecided)."""
+    if len(a) > MAX_ANSWER_CHARS or len(b) > MAX_ANSWER_CHARS:
+        return None  # not judged (and not cached)
     (a_number, a_text), (b_number, b_text) = _reading(a), _reading(b)
     if not a_text or not b_text:
         return None

@@ -396,7 +396,9 @@ def _acquire(lock: Path) -> int:
 
 def check_output_free(out: str | Path) -> None:
     """Raise the UserError `output_lock` would, without keeping the lock (a cheap check before
-    a model loads)."""
+    a model loads). Creates nothing: with no folder yet there is no writer either."""
+    if not _lock_path(out).parent.is_dir():
+        return
     with output_lock(out):
         pass
 
