@@ -112,7 +112,7 @@ HOSTILE = {
     "a 1 MB box": "\\boxed{" + "1" * MB + "}",
     "answer phrase + 1 MB of spaces": "The answer is" + " " * MB,
     "answer phrase + 1 MB of $": "The answer is " + "$" * MB,
-    "1 MB of joined boxes": "\\boxed{1} and " * (MB // 14),
+    "1 MB of joined boxes": "\\boxed{1} and \\boxed{2} and " * (MB // 28),
     "'= 1 Wait' repeated": "= 1 Wait " * (MB // 9),
     "1 MB of newlines": "\n" * MB,
 }

@@ -221,7 +221,7 @@ HOSTILE_RESPONSES = {
     "dollar signs": ("7", "The answer is " + "$" * MB, None),
     "phrase then spaces": ("7", "The answer is" + " " * MB, "no_answer"),
     "a 1 MB box": ("7", "\\boxed{" + "1" * MB + "}", "error"),
-    "many joined boxes": ("7", "\\boxed{1} and " * (MB // 14), "error"),
+    "many joined boxes": ("7", "\\boxed{1} and \\boxed{2} and " * (MB // 28), "error"),
     "hostile gold": ("\\boxed{" * (MB // 7), "\\boxed{7}", None),
     "sympy bomb": ("7", "\\boxed{9^{9^{9^{9}}}}", "timeout"),
     "a normal answer": ("7", "So \\boxed{7}.", "ok"),
