@@ -116,6 +116,11 @@ def _config_over_the_size_limit(work: Path, tiny: Path) -> list:
     return ["problems", "--config", "huge.yaml", "--out", "out/p.parquet"]
 
 
+def _deeply_nested_config(work: Path, tiny: Path) -> list:
+    (work / "deep.yaml").write_text("problems: " + "[" * 50_000 + "]" * 50_000 + "\n")
+    return ["problems", "--config", "deep.yaml", "--out", "out/p.parquet"]
+
+
 def _config_not_utf8(work: Path, tiny: Path) -> list:
     (work / "latin1.yaml").write_bytes("run:\n  name: caf\xe9\n".encode("latin-1"))
     return ["problems", "--config", "latin1.yaml", "--out", "out/p.parquet"]
@@ -183,6 +188,8 @@ EXIT_2_CASES = {
     "yaml alias bomb": (_yaml_alias_bomb, "aliases"),
     "a 0.5 MB value quoted in an error": (_huge_value_in_config, "problems.n"),
     "config over 1 MiB": (_config_over_the_size_limit, "over 1 MiB"),
+    "config nested 50,000 deep": (_deeply_nested_config, "nested deeper than"),
+    "--set value nested 50,000 deep": (lambda w, t: ["problems", "--set", "problems.n=" + "[" * 50_000], "problems.n"),
     "a 1 MB --set value": (lambda w, t: ["problems", "--set", "problems.n=" + "9x" * MB], "problems.n"),
     # item 5: mask spans
     "step span past the response": (_step_span_past_the_response, "not inside its response"),

@@ -529,16 +529,28 @@ def quoted(value: Any, limit: int = _QUOTE_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+_MAX_YAML_DEPTH = 50  # a config nests a few levels; deeper is an attack on the recursive composer
+
+
 class _NoAliasLoader(yaml.SafeLoader):
-    """Safe YAML without aliases: `*name` could expand a few hundred bytes into gigabytes
-    (an alias bomb), and nothing in a config needs them."""
+    """Safe YAML without aliases, nested at most _MAX_YAML_DEPTH levels: `*name` could expand
+    a few hundred bytes into gigabytes (an alias bomb), and nothing in a config needs them."""
+
+    depth = 0
 
     def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
             raise yaml.constructor.ConstructorError(
                 None, None, "YAML aliases (*name) are not allowed in a config", event.start_mark)
-        return super().compose_node(parent, index)
+        if self.depth >= _MAX_YAML_DEPTH:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"nested deeper than {_MAX_YAML_DEPTH} levels", event.start_mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 def parse_yaml(text: str) -> Any:
