@@ -139,6 +139,13 @@ def _invalid_utf8_in_parquet(work: Path, tiny: Path) -> list:
     return ["verify", "--in", "bad.parquet", "--out", "out/v.parquet"]
 
 
+def _invalid_utf8_in_a_file_source(work: Path, tiny: Path) -> list:
+    bad = pa.array([b"\xff\xfe What is 1 + 1?"], pa.binary()).view(pa.string())
+    pq.write_table(pa.table({"question": bad, "answer": ["2"]}), work / "source.parquet")
+    return ["problems", "--set", "problems.source.kind=file", "--set", "problems.source.path=source.parquet",
+            "--out", "out/p.parquet"]
+
+
 def _null_question_in_file_source(work: Path, tiny: Path) -> list:
     pd.DataFrame({"question": ["a", None], "answer": ["1", "2"]}).to_parquet(work / "source.parquet")
     return ["problems", "--set", "problems.source.kind=file", "--set", "problems.source.path=source.parquet",
@@ -196,6 +203,7 @@ EXIT_2_CASES = {
     "step span reversed": (_step_span_reversed, "not inside its response"),
     # item 6: once exit 1 with a traceback
     "invalid UTF-8 in a Parquet string": (_invalid_utf8_in_parquet, "not valid UTF-8"),
+    "invalid UTF-8 in a file source": (_invalid_utf8_in_a_file_source, "cannot read"),
     "null question in a file source": (_null_question_in_file_source, "'question'"),
     "config file not UTF-8": (_config_not_utf8, "not UTF-8"),
     "config file is a folder": (_config_is_a_folder, "not a file"),

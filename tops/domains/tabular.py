@@ -41,13 +41,17 @@ def _read_file(path: Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix == ".parquet":
-            return pd.read_parquet(path)
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+            table.validate(full=True)  # strings that are not UTF-8 fail here, not at the write
+            return table.to_pandas()
         if suffix in (".jsonl", ".json"):
             return pd.read_json(path, lines=suffix == ".jsonl")
         if suffix == ".csv":
             return pd.read_csv(path, dtype=str, keep_default_na=False)
     except Exception as exc:
-        raise UserError(f"{path}: cannot read ({exc.__class__.__name__}: {exc})") from exc
+        raise UserError(f"{path}: cannot read ({exc.__class__.__name__}: {str(exc)[:200]})") from exc
     raise UserError(f"{path}: unsupported file type '{suffix}' (use .parquet, .jsonl, .json or .csv)")
 
 
