@@ -43,6 +43,7 @@ _SENTENCE_END = re.compile(r"\.(?:\s|$)")
 # "$18" written as money (no closing `$` right after the number), not as math.
 _CURRENCY = re.compile(r"\\?\$\s?([+-]?\d[\d,]*+(?:\.\d+)?+)(?![\d$])")
 # A sentence after the marker that names the answer: "The volume of $X$ is 120 cubic units."
+_PROSE = re.compile(r"\b[A-Za-z]{2,}+\s++[A-Za-z]{2}")  # two words in a row: not math
 _COPULA = re.compile(r"\s(?:is|are|was|were|equals|be)\s+|=\s*|:\s+", re.IGNORECASE)
 _STARTS_LIKE_MATH = re.compile(r"[-+−\d.\\({\[$]|[A-Za-z](?![A-Za-z])(?!\s+[A-Za-z]{2})")
 _MATH_SEGMENT = re.compile(r"\$([^$]+)\$|\\\((.{1,200}?)\\\)")
@@ -66,15 +67,16 @@ _MAX_EXPONENT = 400
 # ---------------------------------------------------------------- extraction
 
 
-def _closing_braces(text: str) -> dict[int, int]:
-    """Index of each unescaped `{` -> index of the `}` that closes it (unclosed ones absent).
+def _closing_braces(text: str, start: int = 0) -> dict[int, int]:
+    """Index of each unescaped `{` from `start` on -> index of the `}` that closes it (unclosed
+    ones absent). `start` must not fall inside an escape (a box's brace never does).
 
     One pass with a stack: escaped braces (`\\{`, `\\}`) do not count, so
     `\\boxed{\\{1, 2\\}}` is read whole.
     """
     closes: dict[int, int] = {}
     stack: list[int] = []
-    for token in _BRACE_TOKENS.finditer(text):
+    for token in _BRACE_TOKENS.finditer(text, start):
         char = token.group()
         if char == "{":
             stack.append(token.start())
@@ -121,8 +123,8 @@ def _boxes(text: str) -> list[tuple[int, int, str]]:
     for match in _BOX_ANY.finditer(text):
         brace = _OPEN_BRACE.match(text, match.end())
         if brace:
-            if closes is None:  # computed once, on the first braced box
-                closes = _closing_braces(text)
+            if closes is None:  # computed once, from the first braced box on
+                closes = _closing_braces(text, brace.end() - 1)
             close = closes.get(brace.end() - 1)
             if close is not None:
                 found.append((match.start(), close + 1, text[brace.end() : close]))
@@ -200,6 +202,19 @@ def _named_in_sentence(sentence: str) -> str:
     return sentence
 
 
+def _money(line: str) -> str | None:
+    """The amount when a line opens with money ("$18 every day", "\\$10,455."), not math: the
+    `$` is escaped, never closed, or what it would enclose is prose ("$18 and then $")."""
+    money = _CURRENCY.match(line)
+    if money is None:
+        return None
+    if not line.startswith("\\"):
+        close = line.find("$", money.end())
+        if close >= 0 and not _PROSE.search(line, 1, close):
+            return None
+    return money.group(1).rstrip(",")
+
+
 def _phrase_answer(text: str) -> str | None:
     """The answer stated after the last "answer is" style phrase, up to the end of its sentence."""
     last = None
@@ -209,8 +224,8 @@ def _phrase_answer(text: str) -> str | None:
         return None
     newline = text.find("\n", last.end())
     line = text[last.end() : newline if newline >= 0 else len(text)].strip()
-    if money := _CURRENCY.match(line):
-        return money.group(1).rstrip(",")
+    if money := _money(line):
+        return money
     for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
         if line.startswith(left):
             close = line.find(right, len(left))
@@ -345,6 +360,8 @@ def parse_number(answer: str) -> Number | None:
     """
     if len(answer) > MAX_ANSWER_CHARS:
         return None
+    if len(answer) <= _MAX_NUMBER_TEXT and (plain := _PLAIN.fullmatch(answer)):  # "41", "1,234.5"
+        return Number(_decimal_value(plain.group(1)), _decimal_places(plain.group(1)))
     text = strip_math_delimiters(answer)
     if len(text) > _MAX_NUMBER_TEXT:
         return None
@@ -409,6 +426,7 @@ def numbers_equal(a: Number, b: Number) -> bool:
 
 # ---------------------------------------------------------------- quick comparison
 
+_INTEGER = re.compile(r"-?\d{1,30}")
 _ASSIGNMENT = re.compile(r"[A-Za-z]\w{0,3}\s*=\s*")  # "x = 5", "n_1 = 5": the value is the answer
 
 
@@ -416,8 +434,10 @@ _ASSIGNMENT = re.compile(r"[A-Za-z]\w{0,3}\s*=\s*")  # "x = 5", "n_1 = 5": the v
 def _reading(answer: str) -> tuple[Number | None, str]:
     """(plain number or None, loose text) of a stated answer: the content of its boxes, without
     a leading "x =", closing punctuation, case or braces (`\\sqrt{3}` = `\\sqrt3`)."""
-    text = final_boxed(answer) or answer
+    text = (final_boxed(answer) if "box" in answer else None) or answer
     text = text.strip().rstrip(".,;:").strip()
+    if _INTEGER.fullmatch(text):  # most stated answers: no parsing needed
+        return Number(Fraction(int(text)), None), text
     if assignment := _ASSIGNMENT.match(text):
         text = text[assignment.end() :]
     number = parse_number(text)
@@ -431,6 +451,11 @@ def same_answer(a: str, b: str) -> bool | None:
     or either is empty (undecided)."""
     if len(a) > MAX_ANSWER_CHARS or len(b) > MAX_ANSWER_CHARS:
         return None  # not judged (and not cached)
+    return _same_reading(a, b)
+
+
+@lru_cache(maxsize=1 << 16)
+def _same_reading(a: str, b: str) -> bool | None:
     (a_number, a_text), (b_number, b_text) = _reading(a), _reading(b)
     if not a_text or not b_text:
         return None

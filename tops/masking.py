@@ -268,7 +268,8 @@ def mask_responses(
     if not cfg.enabled:
         flags = [[False] * len(seg.bounds) for seg in segs]
     elif cfg.mode == "rounds":
-        flags = [judge_free_flags(seg, gold) for seg, gold in zip(segs, golds, strict=True)]
+        with _gc_paused():  # answer readings allocate small objects too
+            flags = [judge_free_flags(seg, gold) for seg, gold in zip(segs, golds, strict=True)]
     else:  # the judge runs with the garbage collector on: engines make cycles
         questions = (selected["question"].astype(str).tolist() if "question" in selected
                      else [""] * len(segs))
