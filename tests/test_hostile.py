@@ -259,7 +259,8 @@ def test_hostile_responses_get_bounded_statuses(work, capsys):
         {name: want for name, want in zip(names, expected, strict=True) if want}
     assert verified.set_index("problem_id")["correct"].sum() == 1  # only the normal answer
     after = snapshot(work)
-    assert set(after) - set(before) == {"out/verified.parquet", "out/manifest.json"}
+    # The output, its manifest record and the record's lock (tops.stages.record_stage).
+    assert set(after) - set(before) == {"out/verified.parquet", "out/manifest.json", "out/.manifest.json.lock"}
     assert all(after[name] == data for name, data in before.items())
 
 
