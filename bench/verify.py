@@ -4,8 +4,10 @@ Builds ~5,000 synthetic responses (integers, thousands separators, fractions in 
 spellings, decimals, LaTeX expressions, wrong and missing answers, thinking blocks), then prints
 checks/s for the plain loop, the one-off start-up of the worker server, checks/s for
 verify_samples with 1 and 2 workers, the ratios, and the wall time one pathological answer adds
-to a batch next to its timeout. The machine's load average is printed too: timings taken beside
-other jobs move by seconds.
+to a batch next to its timeout, and the time per row of hostile 1 MB responses (unclosed boxes,
+open braces, runs of spaces after an answer phrase, ...) next to the per-item timeout, with the
+quadratic extraction this replaced as the baseline. The machine's load average is printed too:
+timings taken beside other jobs move by seconds.
 
 Run: .venv/bin/python bench/verify.py
 """
@@ -19,6 +21,7 @@ import time
 
 import pandas as pd
 
+from tops.answers import extract_answer, gold_answer
 from tops.config import VerifyConfig
 from tops.verify import verify_samples
 
@@ -102,6 +105,75 @@ def timed_verify(df: pd.DataFrame, cfg: VerifyConfig) -> tuple[float, dict]:
     return time.perf_counter() - start, summary
 
 
+MB = 1 << 20
+HOSTILE = {
+    "unclosed \\boxed{": "\\boxed{" * (MB // 7),
+    "open braces in a box": "\\boxed{" + "{" * MB,
+    "a 1 MB box": "\\boxed{" + "1" * MB + "}",
+    "answer phrase + 1 MB of spaces": "The answer is" + " " * MB,
+    "answer phrase + 1 MB of $": "The answer is " + "$" * MB,
+    "1 MB of joined boxes": "\\boxed{1} and \\boxed{2} and " * (MB // 28),
+    "'= 1 Wait' repeated": "= 1 Wait " * (MB // 9),
+    "1 MB of newlines": "\n" * MB,
+}
+
+
+def _old_last_boxed(text: str) -> str | None:
+    """The extraction this replaced: a brace scan from every box to the end (quadratic)."""
+    import re
+
+    def group(open_index: int) -> str | None:  # the old _balanced_group, verbatim
+        depth = 0
+        i = open_index
+        while i < len(text):
+            char = text[i]
+            if char == "\\":
+                i += 2
+                continue
+            if char == "{":
+                depth += 1
+            elif char == "}":
+                depth -= 1
+                if depth == 0:
+                    return text[open_index + 1 : i]
+            i += 1
+        return None
+
+    for match in reversed(list(re.finditer(r"\\boxed\s*\{", text))):
+        content = group(match.end() - 1)
+        if content is not None:
+            return content
+    return None
+
+
+def hostile_rows(cfg: VerifyConfig) -> None:
+    """Hostile 1 MB responses through verify_samples: time per row against the per-item timeout."""
+    frame = pd.DataFrame({
+        "problem_id": [f"h{i}" for i in range(len(HOSTILE))], "question": "q", "answer": "7", "difficulty": None,
+        "effort": "low", "sample_idx": 0, "response": list(HOSTILE.values()), "n_tokens": 1, "finish_reason": "stop",
+    })
+    seconds, summary = timed_verify(frame, cfg)
+    slowest = max((_extraction_seconds(text), name) for name, text in HOSTILE.items())
+    print(f"hostile 1 MB responses: {len(frame)} rows in {seconds:.2f} s = {seconds / len(frame):.3f} s/row "
+          f"(per-item timeout {cfg.timeout_s:.1f} s); slowest extraction {slowest[0]:.3f} s ({slowest[1]}); "
+          f"statuses ok={summary['ok']} no_answer={summary['no_answer']} timeout={summary['timeout']} "
+          f"error={summary['error']}")
+    unclosed = "\\boxed{" * 2000
+    start = time.perf_counter()
+    _old_last_boxed(unclosed)
+    old_s = time.perf_counter() - start
+    new_s = _extraction_seconds(unclosed)
+    print(f"2,000 unclosed \\boxed{{ (14 KB): quadratic scan {old_s:.2f} s, now {new_s:.4f} s "
+          f"({old_s / max(new_s, 1e-9):.0f}x)")
+
+
+def _extraction_seconds(text: str) -> float:
+    start = time.perf_counter()
+    extract_answer(text)
+    gold_answer(text)
+    return time.perf_counter() - start
+
+
 def main() -> None:
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     df = build_samples()
@@ -133,6 +205,7 @@ def main() -> None:
     print(f"one pathological answer in {len(with_bad)} rows: {bad_s - clean_s:+.2f} s wall "
           f"({clean_s:.2f} s -> {bad_s:.2f} s) vs its timeout {cfg.timeout_s:.1f} s; "
           f"marked timeout: {[summary['timeout'] for _, summary in bad_runs]}")
+    hostile_rows(cfg)
     print(f"load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
 
 

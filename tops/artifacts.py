@@ -8,6 +8,8 @@ names it, and nothing is ever half-written.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -21,8 +23,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tops.errors import UserError
@@ -146,21 +150,81 @@ def to_table(df: pd.DataFrame, kind: str) -> pa.Table:
     return table.cast(pa.schema(fields))
 
 
+# Longest text a contract string column may hold in one row (characters). The longest real
+# responses (128k tokens of thinking) are ~0.5M characters; every per-row step is linear, so
+# this only keeps one hostile row from holding gigabytes.
+MAX_TEXT_CHARS = 8_000_000
+
+
 def read_artifact(path: str | Path, kind: str) -> pd.DataFrame:
-    """Read and validate one artifact; every problem is a UserError naming file and column."""
+    """Read and validate one artifact; every problem is a UserError naming file and column.
+
+    Beyond the columns: at least one row, text that decodes and is at most MAX_TEXT_CHARS per
+    row, unique `problem_id` in problems, and (masked) step spans inside their response.
+    """
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: file not found")
     try:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types for corrupt files
-        raise UserError(f"{path}: not a readable Parquet file ({exc.__class__.__name__}: {exc})") from exc
+        raise UserError(f"{path}: not a readable Parquet file ({exc.__class__.__name__}: "
+                        f"{str(exc)[:200]})") from exc
     check_columns(table, kind, str(path))
-    df = table.to_pandas()
+    if table.num_rows == 0:
+        raise UserError(f"{path}: no rows (empty {kind} artifact)")
+    _check_text(table, kind, path)
+    try:
+        df = table.to_pandas()
+    except (pa.ArrowException, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: unreadable values ({exc.__class__.__name__}: {str(exc)[:200]})") from None
     for name, (_, nullable) in SCHEMAS[kind].items():
         if not nullable and df[name].isna().any():
             raise UserError(f"{path}: column '{name}' has missing values")
+    if kind == "problems" and df["problem_id"].duplicated().any():
+        duplicate = str(df.loc[df["problem_id"].duplicated(), "problem_id"].iloc[0])
+        raise UserError(f"{path}: problem_id {duplicate[:80]!r} appears more than once")
+    if kind == "masked":
+        check_step_spans(table, str(path))
     return df
+
+
+def _check_text(table: pa.Table, kind: str, path: Path) -> None:
+    """Contract string columns: valid UTF-8 and at most MAX_TEXT_CHARS per row."""
+    for name, (expected, _) in SCHEMAS[kind].items():
+        if expected != STRING or pa.types.is_null(table.schema.field(name).type):
+            continue
+        column = table.column(name)
+        try:
+            column.validate(full=True)
+            longest = pc.max(pc.utf8_length(column)).as_py()
+        except pa.ArrowException:
+            raise UserError(f"{path}: column '{name}' holds text that is not valid UTF-8") from None
+        if longest is not None and longest > MAX_TEXT_CHARS:
+            raise UserError(f"{path}: column '{name}' has a value of {longest:,} characters "
+                            f"(limit {MAX_TEXT_CHARS:,})")
+
+
+def check_step_spans(table: pa.Table, source: str) -> None:
+    """Every `steps` span lies in its response: 0 <= start <= end <= len(response)."""
+    steps = table.column("steps").combine_chunks()
+    if len(steps) == 0 or pa.types.is_null(steps.type):
+        return
+    if steps.null_count:
+        raise UserError(f"{source}: column 'steps' has missing values")
+    flat = pc.list_flatten(steps)
+    if len(flat) == 0:
+        return
+    rows = pc.list_parent_indices(steps).to_numpy()
+    starts = pc.fill_null(pc.struct_field(flat, "start"), -1).to_numpy(zero_copy_only=False)
+    ends = pc.fill_null(pc.struct_field(flat, "end"), -1).to_numpy(zero_copy_only=False)
+    lengths = pc.fill_null(pc.utf8_length(table.column("response").combine_chunks()), 0)
+    limit = lengths.to_numpy(zero_copy_only=False)[rows]
+    bad = np.flatnonzero((starts < 0) | (ends < starts) | (ends > limit))
+    if len(bad):
+        i = bad[0]
+        raise UserError(f"{source}: row {rows[i]}: step span [{starts[i]}, {ends[i]}) is not inside "
+                        f"its response of {limit[i]} characters")
 
 
 def atomic_write_table(table: pa.Table, path: str | Path) -> None:
@@ -259,6 +323,84 @@ class ShardedOutput:
         atomic_write_table(table, self.out)
         shutil.rmtree(self.dir, ignore_errors=True)
         return table.to_pandas()
+
+
+# ---------------------------------------------------------------- one writer per output
+
+_HELD: dict[Path, tuple[int, int]] = {}  # lock path -> (fd, depth) held by this process
+
+
+def _lock_path(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".lock")
+
+
+def _holder(lock: Path) -> str:
+    try:
+        return lock.read_text().strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+@contextmanager
+def output_lock(out: str | Path) -> Iterator[None]:
+    """Hold `<out>.lock` while `out` is being written: a second writer of the same output gets a
+    UserError naming the holder's pid instead of racing it to finalise.
+
+    The lock is an flock, so a writer that dies (kill -9 included) releases it with its
+    process: a stale lock file left by a dead pid is simply taken over. Re-entrant in one
+    process (the stage runner and the stage function may both take it).
+    """
+    lock = _lock_path(out).absolute()
+    if lock in _HELD:
+        fd, depth = _HELD[lock]
+        _HELD[lock] = (fd, depth + 1)
+        try:
+            yield
+        finally:
+            fd, depth = _HELD[lock]
+            _HELD[lock] = (fd, depth - 1)
+        return
+    fd = _acquire(lock)
+    _HELD[lock] = (fd, 1)
+    try:
+        yield
+    finally:
+        del _HELD[lock]
+        lock.unlink(missing_ok=True)
+        os.close(fd)  # closing releases the flock
+
+
+def _acquire(lock: Path) -> int:
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(10):
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise UserError(f"{lock.with_suffix('')}: another process (pid {_holder(lock)}) is writing "
+                            "this output; wait for it to finish or choose another --out") from None
+        try:  # the file we locked may have been unlinked by a holder that just finished
+            if os.fstat(fd).st_ino == os.stat(lock).st_ino:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    raise UserError(f"{lock}: could not take the output lock")
+
+
+def check_output_free(out: str | Path) -> None:
+    """Raise the UserError `output_lock` would, without keeping the lock (a cheap check before
+    a model loads). Creates nothing: with no folder yet there is no writer either."""
+    if not _lock_path(out).parent.is_dir():
+        return
+    with output_lock(out):
+        pass
 
 
 # ---------------------------------------------------------------- manifest

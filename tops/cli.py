@@ -309,8 +309,14 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="tops")
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         sys.exit(2)
+
+
+def one_line(message: str, limit: int = 1000) -> str:
+    """An error as one line of bounded length, whatever input it quotes."""
+    line = " ".join(message.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 if __name__ == "__main__":

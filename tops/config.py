@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from tops import answers
 from tops.errors import UserError
 
 
@@ -35,6 +36,18 @@ class RunConfig(Strict):
     name: str = "demo"
     root: Path = Path("data/runs")
     seed: int = 0
+
+    @field_validator("name")
+    @classmethod
+    def _a_name_not_a_path(cls, name: str) -> str:
+        """The run folder is root/name and a flow deletes inside it: a name cannot leave root."""
+        if not name or name in (".", "..") or len(name) > 128:
+            raise ValueError("must be a folder name of 1 to 128 characters, not '.' or '..'")
+        if any(char in name for char in "/\\\0") or Path(name).is_absolute():
+            raise ValueError("must be a plain folder name (no '/', '\\' or absolute path)")
+        if not name.isprintable():
+            raise ValueError("must be printable (no control characters)")
+        return name
 
     @property
     def dir(self) -> Path:
@@ -302,13 +315,9 @@ class MaskConfig(Strict):
     mode: Literal["rounds", "judge"] = "rounds"
     step_split: Literal["line", "paragraph"] = "line"
     # A round ends where one of these matches; the named group `answer` is the round's answer.
+    # The defaults are tops.answers' markers (a box; "the answer is" / "Final Answer:").
     answer_patterns: list[str] = Field(default_factory=lambda: [
-        r"\\boxed\s*\{(?P<answer>(?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*)\}",
-        # "the answer is 41", "Final Answer: $41$"; no (?i:...) as it defeats the regex
-        # engine's literal prefix scan (5x slower).
-        r"[Aa]nswer(?:\s+(?:is|would\s+be|should\s+be)\s*:?|\s*:)\s*"
-        r"(?P<answer>\$[^$\n]{1,80}\$|-?[\d\\][\w\\^/.,{}()+\-]{0,60})",
-    ])
+        answers.BOXED_ANSWER_PATTERN, answers.PHRASE_ANSWER_PATTERN])
     # These end a round only when a reflection cue follows: otherwise every "= N" of the
     # working would end a round and correct intermediate results would be masked. Possessive
     # quantifiers (*+) keep them from backtracking at each "= N".
@@ -417,7 +426,7 @@ class TrainConfig(Strict):
 
 class EvalConfig(Strict):
     n_problems: int = Field(60, ge=1)
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     efforts: list[str] = Field(default_factory=lambda: ["none"])
     sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.7))
 
@@ -510,6 +519,44 @@ class TopsConfig(Strict):
 
 # ---------------------------------------------------------------- loading
 
+MAX_CONFIG_BYTES = 1 << 20  # a config is a page of YAML, not a data set
+_QUOTE_CHARS = 80  # longest value an error message quotes
+
+
+def quoted(value: Any, limit: int = _QUOTE_CHARS) -> str:
+    """repr(value) cut to `limit` characters: an error line never carries a whole input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+_MAX_YAML_DEPTH = 50  # a config nests a few levels; deeper is an attack on the recursive composer
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """Safe YAML without aliases, nested at most _MAX_YAML_DEPTH levels: `*name` could expand
+    a few hundred bytes into gigabytes (an alias bomb), and nothing in a config needs them."""
+
+    depth = 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise yaml.constructor.ConstructorError(
+                None, None, "YAML aliases (*name) are not allowed in a config", event.start_mark)
+        if self.depth >= _MAX_YAML_DEPTH:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"nested deeper than {_MAX_YAML_DEPTH} levels", event.start_mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML as configs are read: safe types only, no aliases."""
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+
 
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
@@ -525,10 +572,10 @@ def parse_overrides(overrides: list[str] | None) -> list[tuple[str, Any]]:
     parsed = []
     for item in overrides or []:
         if "=" not in item:
-            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set generate.n_samples=4")
+            raise UserError(f"--set {quoted(item)}: expected KEY=VALUE, e.g. --set generate.n_samples=4")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = parse_yaml(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
         parsed.append((key.strip(), value))
@@ -539,12 +586,35 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"]
                    if not str(p).startswith(("function-after", "constrained-", "list[", "int")))
+    loc = loc if len(loc) <= _QUOTE_CHARS else loc[: _QUOTE_CHARS - 1] + "…"
     msg = err["msg"].removeprefix("Value error, ")
-    extra = f" (got {err['input']!r})" if err["type"] not in ("missing", "extra_forbidden",
+    extra = f" (got {quoted(err['input'])})" if err["type"] not in ("missing", "extra_forbidden",
                                                               "value_error") else ""
     if err["type"] == "extra_forbidden":
         msg = "unknown field"
     return f"config error in {source}: {loc}: {msg}{extra}" if loc else f"config error in {source}: {msg}"
+
+
+def _parse_config_file(path: Path) -> Any:
+    """The config file's YAML, or one UserError line: missing, not a file, too big, not UTF-8,
+    not YAML (aliases included)."""
+    if not path.exists():
+        raise UserError(f"{path}: config file not found")
+    if not path.is_file():
+        raise UserError(f"{path}: not a file (a config is a YAML file)")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise UserError(f"{path}: config file over {MAX_CONFIG_BYTES >> 20} MiB")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        return parse_yaml(text) or {}
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise UserError(f"{path}: not valid YAML ({first[:200]})") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TopsConfig:
@@ -554,12 +624,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         path = Path(path)
         source = str(path)
-        if not path.exists():
-            raise UserError(f"{path}: config file not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        data = _parse_config_file(path)
         if not isinstance(data, dict):
             raise UserError(f"{path}: the top level must be a mapping of sections")
     for key, value in parse_overrides(overrides):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from tops.artifacts import ShardedOutput, fingerprint
+from tops.artifacts import ShardedOutput, fingerprint, output_lock
 from tops.config import GenerateConfig, SamplingConfig
 from tops.depth import generate_with_depth
 from tops.engines import Engine, Request
@@ -93,7 +93,7 @@ def generate_samples(
         raise UserError("no problems to generate for (empty input)")
     if problems["problem_id"].duplicated().any():
         dup = problems.loc[problems["problem_id"].duplicated(), "problem_id"].iloc[0]
-        raise UserError(f"problem_id '{dup}' appears more than once in the input")
+        raise UserError(f"problem_id {str(dup)[:80]!r} appears more than once in the input")
     requests = build_requests(problems, cfg.efforts, prompts)
     settings = {"model": model_name, "n": cfg.n_samples, "sampling": cfg.sampling.model_dump(),
                 "prompts": {e: prompts[e] for e in cfg.efforts}}
@@ -112,20 +112,21 @@ def generate_samples(
     output = ShardedOutput(out, "samples")
     started = time.perf_counter()
     generated_tokens = 0
-    resumed = sum(output.is_done(i, k) for i, k in plan)
-    with _progress(progress) as bar:
-        task = bar.add_task("generate", total=len(requests), tok_s=0.0)
-        for (index, key), shard in zip(plan, shards, strict=True):
-            if output.is_done(index, key):
-                bar.advance(task, len(shard))
-                continue
-            completions = _generate_shard(engine, shard, n_by_effort, cfg.sampling, depth)
-            frame = _shard_rows(problems, shard, completions, model_name)
-            output.write(index, key, frame)
-            generated_tokens += int(frame["n_tokens"].sum())
-            elapsed = time.perf_counter() - started
-            bar.update(task, advance=len(shard), tok_s=generated_tokens / max(elapsed, 1e-9))
-    samples = output.finalize(plan)
+    with output_lock(out):  # one writer per output: a second one fails, not races it
+        resumed = sum(output.is_done(i, k) for i, k in plan)
+        with _progress(progress) as bar:
+            task = bar.add_task("generate", total=len(requests), tok_s=0.0)
+            for (index, key), shard in zip(plan, shards, strict=True):
+                if output.is_done(index, key):
+                    bar.advance(task, len(shard))
+                    continue
+                completions = _generate_shard(engine, shard, n_by_effort, cfg.sampling, depth)
+                frame = _shard_rows(problems, shard, completions, model_name)
+                output.write(index, key, frame)
+                generated_tokens += int(frame["n_tokens"].sum())
+                elapsed = time.perf_counter() - started
+                bar.update(task, advance=len(shard), tok_s=generated_tokens / max(elapsed, 1e-9))
+        samples = output.finalize(plan)
     elapsed = time.perf_counter() - started
     summary = {
         "problems": int(len(problems)),

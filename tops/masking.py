@@ -20,19 +20,18 @@ from __future__ import annotations
 
 import bisect
 import gc
-import math
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from fractions import Fraction
 from functools import lru_cache
 from itertools import pairwise
 
 import numpy as np
 import pandas as pd
 
+from tops.answers import same_answer
 from tops.config import MaskConfig
 from tops.engines.base import Engine, Request
 from tops.errors import UserError
@@ -155,71 +154,15 @@ def _segment(text: str, m: _Matchers) -> Segmentation:
 
 # ---------------------------------------------------------------- answer comparison
 
-_BOXED = re.compile(r"\\boxed\s*\{((?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*)\}")
-_TEXT_WRAPPERS = re.compile(r"\\(?:text|textbf|mathrm|mathbf|operatorname)\s*\{([^{}]*)\}")
-_LATEX_NOISE = re.compile(r"\\left|\\right|\\displaystyle|\\[,;:! ]|\^\s*\{?\\circ\}?|\\%|%|\$")
-_ASSIGNMENT = re.compile(r"^[A-Za-z]\w{0,3}\s*=\s*")
-_THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
-_FRAC = re.compile(r"^(-?)\\frac(?:\{(-?\d+)\}|(\d))(?:\{(\d+)\}|(\d))$")
-_SLASH = re.compile(r"^(-?\d+)/(\d+)$")
-_WHITESPACE = re.compile(r"\s+")
-
-
-@lru_cache(maxsize=1 << 16)
-def answer_key(raw: str) -> tuple[float | None, str]:
-    """(numeric value or None, normalised string) of an answer, for cheap comparison."""
-    text = raw.strip()
-    if "\\" in text or "$" in text or "%" in text:
-        boxed = _BOXED.findall(text)
-        if boxed:
-            text = boxed[-1]
-        text = _TEXT_WRAPPERS.sub(lambda hit: hit.group(1), text)
-        text = _LATEX_NOISE.sub("", text).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    text = text.strip().rstrip(".,;:").strip()
-    text = _WHITESPACE.sub("", _ASSIGNMENT.sub("", text))
-    # Numbers are read with braces kept: without them \frac{1}{23} and \frac{12}{3} collide.
-    return _as_number(text), text.replace("{", "").replace("}", "").lower()
-
-
-def _as_number(text: str) -> float | None:
-    if _THOUSANDS.match(text):
-        text = text.replace(",", "")
-    try:
-        value = float(text)
-        return value if math.isfinite(value) else None
-    except ValueError:
-        pass
-    fraction = _FRAC.match(text)
-    if fraction:
-        sign, braced_num, bare_num, braced_den, bare_den = fraction.groups()
-        numerator = int(braced_num or bare_num) * (-1 if sign else 1)
-        denominator = int(braced_den or bare_den)
-    else:
-        fraction = _SLASH.match(text)
-        if not fraction:
-            return None
-        numerator, denominator = int(fraction[1]), int(fraction[2])
-    return float(Fraction(numerator, denominator)) if denominator else None
-
-
 def answers_differ(stated: str | None, gold: str) -> bool:
     """True only when `stated` is confidently not the gold answer.
 
-    Numbers compare numerically (1,000 = 1000.0 = \\frac{2000}{2}); other answers compare as
-    normalised strings. A number against a non-number, or an empty answer, is "unknown" and
-    counts as not different: a false "wrong" would mask good reasoning.
+    The rules are verify's (tops.answers.same_answer): numbers compare exactly (1,000 = 1000.0
+    = \\frac{2000}{2}), other answers as normalised text. A number against a non-number, or an
+    empty answer, is "unknown" and counts as not different: a false "wrong" would mask good
+    reasoning.
     """
-    if stated is None:
-        return False
-    stated_value, stated_text = answer_key(stated)
-    gold_value, gold_text = answer_key(gold)
-    if not stated_text:
-        return False
-    if stated_value is not None and gold_value is not None:
-        return abs(stated_value - gold_value) > 1e-6 * max(1.0, abs(gold_value))
-    if (stated_value is None) != (gold_value is None):
-        return False
-    return stated_text != gold_text
+    return stated is not None and same_answer(stated, gold) is False
 
 
 # ---------------------------------------------------------------- judging
@@ -325,7 +268,8 @@ def mask_responses(
     if not cfg.enabled:
         flags = [[False] * len(seg.bounds) for seg in segs]
     elif cfg.mode == "rounds":
-        flags = [judge_free_flags(seg, gold) for seg, gold in zip(segs, golds, strict=True)]
+        with _gc_paused():  # answer readings allocate small objects too
+            flags = [judge_free_flags(seg, gold) for seg, gold in zip(segs, golds, strict=True)]
     else:  # the judge runs with the garbage collector on: engines make cycles
         questions = (selected["question"].astype(str).tolist() if "question" in selected
                      else [""] * len(segs))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pandas as pd
 
 from tops.config import EFFORT_ORDER, GenerateConfig, SeedConfig, VerifyConfig
-from tops.domains.arith import teacher_response
+from tops.domains.arith import checked_expression, teacher_response
 from tops.errors import UserError
 
 
@@ -21,8 +21,12 @@ def programmatic_responses(problems: pd.DataFrame) -> pd.DataFrame:
         raise UserError("the programmatic teacher needs arith problems (column 'operands' is missing)")
     rows = []
     for record in problems.to_dict("records"):
+        try:
+            values, ops = checked_expression(record["operands"], record.get("ops"))
+        except ValueError as exc:
+            raise UserError(f"problem {str(record['problem_id'])[:80]!r}: {exc}") from None
         for effort in EFFORT_ORDER:
-            response = teacher_response(list(record["operands"]), list(record["ops"]), effort)
+            response = teacher_response(values, ops, effort)
             rows.append({**record, "effort": effort, "sample_idx": 0, "response": response,
                          "finish_reason": "stop"})
     return pd.DataFrame(rows)

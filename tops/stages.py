@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 from rich.console import Console
 
-from tops.artifacts import read_artifact, timed, write_artifact
+from tops.artifacts import check_output_free, read_artifact, timed, write_artifact
 from tops.artifacts import record_stage as _record_stage
 from tops.config import TopsConfig, config_section
 from tops.errors import EXIT_OUT_OF_MEMORY, UserError
@@ -78,6 +78,7 @@ def run_generate(cfg: TopsConfig, out: Path, problems_path: Path | None = None, 
     problems = problems.iloc[index::count].reset_index(drop=True)
     if problems.empty:
         raise UserError(f"{problems_path or 'problems'}: no rows (empty input)")
+    check_output_free(out)  # a second writer of this output fails now, before a model loads
     model_name = model or cfg.model.base
     with timed() as clock:
         owned = engine is None

@@ -24,6 +24,8 @@ COMPLETE_MARKER = ".tops-complete"
 
 def _corpus(n_lines: int = 3000, seed: int = 0) -> list[str]:
     """Text like what the model will see: arithmetic, working, effort prompts, boxed answers."""
+    from tops.domains.arith import evaluate
+
     rng = random.Random(seed)
     words = ("What is the answer Let think step by step carry column digit sum check "
              "so therefore Wait verify subtract add plus minus equals Final Answer boxed "
@@ -33,8 +35,9 @@ def _corpus(n_lines: int = 3000, seed: int = 0) -> list[str]:
     for _ in range(n_lines):
         a, b = rng.randint(0, 999), rng.randint(0, 999)
         op = rng.choice(["+", "-", "*"])
-        lines.append(f"What is {a} {op} {b}? {a} {op} {b} = {eval(f'{a}{op}{b}')}. "
-                     f"The answer is \\boxed{{{eval(f'{a}{op}{b}')}}}.")
+        result = evaluate([a, b], [op])
+        lines.append(f"What is {a} {op} {b}? {a} {op} {b} = {result}. "
+                     f"The answer is \\boxed{{{result}}}.")
         lines.append(" ".join(rng.choice(words) for _ in range(12)))
     return lines
 

@@ -26,6 +26,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from tops.answers import (
+    MAX_ANSWER_CHARS,
     braces_balanced,
     extract_answer,
     gold_answer,
@@ -244,6 +245,9 @@ def verify_samples(df: pd.DataFrame, cfg: VerifyConfig,
             record(position, False, "no_answer")
             continue
         gold = golds[position]
+        if len(pred) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
+            record(position, False, "error")  # no one writes such an answer: not judged
+            continue
         verdict = numeric_verdict(gold, pred)
         if verdict is None and normalize_text(gold) == normalize_text(pred):
             verdict = True

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from tops.config import ProblemsConfig
+from tops.errors import UserError
 
 
 def load_problems(cfg: ProblemsConfig, n: int | None = None, seed: int | None = None,
@@ -13,6 +14,8 @@ def load_problems(cfg: ProblemsConfig, n: int | None = None, seed: int | None = 
     """`n` problems from the configured source, deterministic for a given seed; ids in
     `exclude` (problems used for seed data or training) are never drawn."""
     n = cfg.n if n is None else n
+    if n < 1:
+        raise UserError(f"the number of problems must be at least 1 (got {n})")
     seed = cfg.seed if seed is None else seed
     source = cfg.source
     if source.kind == "arith":

@@ -8,6 +8,7 @@ on easy ones — the shape TOPS needs.
 from __future__ import annotations
 
 import hashlib
+import numbers
 import operator
 import random
 
@@ -34,7 +35,7 @@ def make_problem(level_name: str, level: ArithLevel, rng: random.Random) -> dict
     for op, value in zip(ops, values[1:], strict=True):
         expression += f" {op} {value}"
     question = f"What is {expression}?"
-    answer = eval(expression)  # the expression is built from ints and + - * only
+    answer = evaluate(values, ops)
     return {"problem_id": problem_id_for(question), "question": question, "answer": str(answer),
             "difficulty": level_name, "operands": values, "ops": ops}
 
@@ -96,6 +97,46 @@ def _no_carry_sum(a: int, b: int) -> int:
 
 
 _APPLY = {"+": operator.add, "-": operator.sub}
+_MAX_OPERANDS = 12
+_MAX_OPERAND_DIGITS = 18
+
+
+def checked_expression(values, ops) -> tuple[list[int], list[str]]:
+    """Operands and operators read from a problems file, as plain ints and "+", "-", "*".
+
+    Raises ValueError for anything else: these come from data, and data is never run as code.
+    """
+    try:
+        values, ops = list(values), list(ops)
+    except TypeError:
+        raise ValueError("operands and ops must be lists") from None
+    if not 2 <= len(values) <= _MAX_OPERANDS or len(ops) != len(values) - 1:
+        raise ValueError(f"needs 2 to {_MAX_OPERANDS} operands and one op between each two")
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values):
+        raise ValueError("operands must be integers")
+    values = [int(v) for v in values]
+    if any(abs(v) >= 10**_MAX_OPERAND_DIGITS for v in values):
+        raise ValueError(f"operands must have at most {_MAX_OPERAND_DIGITS} digits")
+    if not all(isinstance(op, str) and op in ("+", "-", "*") for op in ops):
+        raise ValueError("ops must each be '+', '-' or '*'")
+    return values, [str(op) for op in ops]
+
+
+def evaluate(values, ops) -> int:
+    """The value of `v0 op v1 op v2 ...` with products first, then left to right: the
+    arithmetic itself, computed on checked operands (no eval)."""
+    values, ops = checked_expression(values, ops)
+    terms, term_ops = [values[0]], []
+    for op, value in zip(ops, values[1:], strict=True):
+        if op == "*":
+            terms[-1] *= value
+        else:
+            terms.append(value)
+            term_ops.append(op)
+    result = terms[0]
+    for op, value in zip(term_ops, terms[1:], strict=True):
+        result = _APPLY[op](result, value)
+    return result
 
 
 def _is_column_sum(values: list[int], ops: list[str]) -> bool:
@@ -162,8 +203,9 @@ def teacher_response(values: list[int], ops: list[str], effort: str) -> str:
     every step; for a column sum, a quick first attempt comes first and, when it forgot a
     carry, is caught and redone (a wrong round for the masking stage to find).
     """
+    values, ops = checked_expression(values, ops)
     expr = _expression(values, ops)
-    result = eval(expr)
+    result = evaluate(values, ops)
     final = f"The answer is \\boxed{{{result}}}."
     if effort == "low":
         return f"{expr} = {result}.\n{final}"

@@ -7,35 +7,31 @@ usual conventions (GSM8K's "#### 42", MATH's \\boxed{}), or are taken as they ar
 from __future__ import annotations
 
 import hashlib
-import re
 from pathlib import Path
 
 import pandas as pd
 
 from tops.errors import UserError
 
-_GSM8K = re.compile(r"####\s*(.+?)\s*$", re.S)
-
 
 def gold_answer(solution: str, answer_format: str) -> str:
     """The gold answer string from a dataset's answer/solution field; an explicit format that
     does not match the text is an error rather than a silent fallback."""
+    from tops.answers import final_boxed
     from tops.answers import gold_answer as auto_gold
-    from tops.answers import last_boxed
 
     text = str(solution)
     if answer_format == "auto":
         return auto_gold(text)
     if answer_format == "gsm8k":
-        match = _GSM8K.search(text)
-        if not match:
+        if "####" not in text or not text.rsplit("####", 1)[1].strip():
             raise ValueError(f"no '####' answer in {text[:80]!r}")
-        return match.group(1).replace(",", "").strip()
+        return text.rsplit("####", 1)[1].replace(",", "").strip()
     if answer_format == "boxed":
-        boxed = last_boxed(text)
+        boxed = final_boxed(text)
         if boxed is None:
             raise ValueError(f"no \\boxed{{}} answer in {text[:80]!r}")
-        return boxed.strip()
+        return boxed
     return text.strip()
 
 
@@ -45,13 +41,17 @@ def _read_file(path: Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix == ".parquet":
-            return pd.read_parquet(path)
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+            table.validate(full=True)  # strings that are not UTF-8 fail here, not at the write
+            return table.to_pandas()
         if suffix in (".jsonl", ".json"):
             return pd.read_json(path, lines=suffix == ".jsonl")
         if suffix == ".csv":
             return pd.read_csv(path, dtype=str, keep_default_na=False)
     except Exception as exc:
-        raise UserError(f"{path}: cannot read ({exc.__class__.__name__}: {exc})") from exc
+        raise UserError(f"{path}: cannot read ({exc.__class__.__name__}: {str(exc)[:200]})") from exc
     raise UserError(f"{path}: unsupported file type '{suffix}' (use .parquet, .jsonl, .json or .csv)")
 
 
@@ -76,6 +76,10 @@ def load_table_problems(source, n: int, seed: int, exclude=frozenset()) -> pd.Da
                             f"columns are: {', '.join(map(str, raw.columns))}")
     if raw.empty:
         raise UserError(f"{where}: no rows")
+    for role, name in (("question", cols.question), ("answer", cols.answer), ("problem_id", cols.problem_id)):
+        if name is not None and raw[name].isna().any():
+            row = int(raw[name].isna().to_numpy().argmax())
+            raise UserError(f"{where}: column '{name}' (problems.source.columns.{role}) is empty in row {row}")
     try:
         answers = [gold_answer(a, source.answer_format) for a in raw[cols.answer]]
     except ValueError as exc:
