@@ -16,6 +16,17 @@ PROMPTS = dict(DEFAULT_EFFORT_PROMPTS)
 PATHS = ("padded", "length_grouped", "per_sequence", "padding_free_flex", "padding_free_flash")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """As in test_train.py: on two shared cores OpenMP's spinning made tiny steps 10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def sft_rows(n: int):
     import pandas as pd
 

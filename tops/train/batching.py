@@ -168,7 +168,12 @@ class PaddedCollator:
 class PackedCollator:
     """One row of concatenated sequences, position_ids restarting at 0 for each, no attention
     mask (transformers reads the sequence boundaries off the position_ids). The first label of
-    each sequence is -100, so no position learns across a boundary."""
+    each sequence is -100, so no position learns across a boundary. For flash-attn's varlen
+    kernel the boundaries also come as cu_seq_lens, computed here on CPU (the model would
+    otherwise derive them with a device-to-host sync in every layer, as TRL's collator notes)."""
+
+    def __init__(self, varlen_kwargs: bool = False):
+        self.varlen_kwargs = varlen_kwargs
 
     def __call__(self, examples: list[dict]) -> dict:
         import torch
@@ -176,7 +181,12 @@ class PackedCollator:
         ids = torch.cat([torch.as_tensor(e["input_ids"], dtype=torch.long) for e in examples])
         positions = torch.cat([torch.arange(len(e["input_ids"])) for e in examples])
         labels = torch.cat([torch.as_tensor([IGNORE, *e["labels"][1:]], dtype=torch.long) for e in examples])
-        return {"input_ids": ids[None], "position_ids": positions[None], "labels": labels[None]}
+        batch = {"input_ids": ids[None], "position_ids": positions[None], "labels": labels[None]}
+        if self.varlen_kwargs:
+            lengths = torch.tensor([0] + [len(e["input_ids"]) for e in examples])
+            batch["cu_seq_lens_q"] = batch["cu_seq_lens_k"] = lengths.cumsum(0).to(torch.int32)
+            batch["max_length_q"] = batch["max_length_k"] = int(lengths.max())
+        return batch
 
 
 def split_packed(inputs: dict) -> list[dict]:
@@ -185,7 +195,8 @@ def split_packed(inputs: dict) -> list[dict]:
     import torch
 
     starts = torch.nonzero(inputs["position_ids"][0] == 0).flatten().tolist() + [inputs["input_ids"].shape[1]]
-    rest = {k: v for k, v in inputs.items() if k not in ("input_ids", "position_ids", "labels", "attention_mask")}
+    rest = {k: v for k, v in inputs.items() if k not in ("input_ids", "position_ids", "labels", "attention_mask")
+            and not k.startswith(("cu_seq_lens", "max_length"))}
     return [{**rest, **{k: inputs[k][:, a:b] for k in ("input_ids", "position_ids", "labels")}}
             for a, b in zip(starts, starts[1:], strict=False)]
 

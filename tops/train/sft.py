@@ -134,7 +134,8 @@ def build_sft_trainer(data: pd.DataFrame, base_model: str | Path, out_dir: Path,
     # Examples arrive tokenized, labelled and truncated: TRL neither packs nor pads them.
     args = trainer_args(SFTConfig, cfg, out_dir, learning_rate=cfg.learning_rate, epochs=cfg.epochs,
                         progress=progress, setup=setup, packing=False, padding_free=False, max_length=None)
-    collator = PackedCollator() if setup.padding_free else PaddedCollator(tokenizer.pad_token_id)
+    collator = (PackedCollator(varlen_kwargs=setup.batching == "padding_free_flash") if setup.padding_free
+                else PaddedCollator(tokenizer.pad_token_id))
     trainer = _trainer_class()(model=str(base_model), args=args, train_dataset=dataset, data_collator=collator,
                                processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=callbacks)
     trainer.setup = setup
