@@ -363,7 +363,7 @@ def steady_main() -> None:
         cfgs = {"plain": TrainConfig(**base, batch_size=args.batch_size, packing=False),
                 "tops": TrainConfig(**base, max_tokens_per_batch=budget),
                 "tops-per-sequence": TrainConfig(**base, max_tokens_per_batch=budget, batching="per_sequence")}
-        print(f"{device}; {params / 1e9:.2f}B-parameter Qwen2 (random), {len(data)} chains of <= {max_length} "
+        print(f"{device}; {params / 1e6:,.1f}M-parameter Qwen2 (random), {len(data)} chains of <= {max_length} "
               f"tokens, {warmup} warm-up + {steps} timed optimizer steps; plain TRL batch {args.batch_size}, "
               f"tops micro-batches <= {budget} tokens; bf16 autocast, float32 weights", flush=True)
         results = {}
