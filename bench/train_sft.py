@@ -145,6 +145,7 @@ def main() -> None:
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--with-packing", action="store_true", help="also time plain TRL with packing=True")
+    parser.add_argument("--also", default="", help="more tops batching paths to time, e.g. per_sequence")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (1 is steadier when other jobs share the cores)")
     args = parser.parse_args()
@@ -165,6 +166,11 @@ def main() -> None:
     data = build_data(args.examples)
     contenders = {"plain TRL": lambda out: plain_trl(data, args.model, cfg, out, packing=False),
                   "tops train sft": lambda out: tops_sft(data, args.model, cfg, out)}
+    def tops_on(path: str):
+        return lambda out: tops_sft(data, args.model, cfg.model_copy(update={"batching": path}), out)
+
+    for path in filter(None, args.also.split(",")):
+        contenders[f"tops {path}"] = tops_on(path)
     if args.with_packing:
         contenders["plain TRL packing"] = lambda out: plain_trl(data, args.model, cfg, out, packing=True)
     print(f"model {args.model}; {len(data)} examples, batch {cfg.batch_size}, "
@@ -374,7 +380,13 @@ def steady_main() -> None:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
             start = time.perf_counter()
-            trainer = run(data, str(model), cfgs[name], Path(tmp) / name, clock)
+            try:
+                trainer = run(data, str(model), cfgs[name], Path(tmp) / name, clock)
+            except Exception as exc:  # one contender's failure (a kernel, memory) still leaves the others' figures
+                print(f"  {name:18s} failed: {type(exc).__name__}: {str(exc)[:400]}", flush=True)
+                results[name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+                gc.collect()
+                continue
             result = clock.figures()
             result["wall_s"] = time.perf_counter() - start
             result["path"] = trainer.setup.batching if name != "plain" else "padded (TRL collator)"
@@ -390,10 +402,10 @@ def steady_main() -> None:
                   f"  path {result['path']}", flush=True)
             del trainer
             gc.collect()
-    if "plain" in results:
-        for name in results:
-            if name != "plain":
-                print(f"{name} / plain TRL: {results[name]['tokens_per_s'] / results['plain']['tokens_per_s']:.2f}x")
+    if "tokens_per_s" in results.get("plain", {}):
+        for name, result in results.items():
+            if name != "plain" and "tokens_per_s" in result:
+                print(f"{name} / plain TRL: {result['tokens_per_s'] / results['plain']['tokens_per_s']:.2f}x")
     static = 16 * params / 2**30  # float32 weights + gradients + Adam's two moments
     print(f"weights + gradients + optimizer state (float32 AdamW): {static:.1f} GiB")
     if args.out:
