@@ -338,7 +338,8 @@ def steady_main() -> None:
     parser.add_argument("--max-length", type=int, default=None, help="longest chain (4096; smoke 512)")
     parser.add_argument("--max-tokens", type=int, default=None, help="tops micro-batch budget (4 x max-length)")
     parser.add_argument("--batch-size", type=int, default=4, help="plain TRL's batch")
-    parser.add_argument("--contenders", default="plain,tops,tops-per-sequence")
+    parser.add_argument("--contenders", default="plain,tops,tops-per-sequence",
+                        help="comma-separated, of plain, tops, tops-per-sequence, tops-no-checkpointing")
     parser.add_argument("--out", type=Path, default=None, help="write the figures here as JSON")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     args = parser.parse_args()
@@ -368,7 +369,8 @@ def steady_main() -> None:
                 "max_steps": warmup + steps, "lr_scheduler": "constant", "warmup_ratio": 0.0}
         cfgs = {"plain": TrainConfig(**base, batch_size=args.batch_size, packing=False),
                 "tops": TrainConfig(**base, max_tokens_per_batch=budget),
-                "tops-per-sequence": TrainConfig(**base, max_tokens_per_batch=budget, batching="per_sequence")}
+                "tops-per-sequence": TrainConfig(**base, max_tokens_per_batch=budget, batching="per_sequence"),
+                "tops-no-checkpointing": TrainConfig(**base, max_tokens_per_batch=budget, gradient_checkpointing=False)}
         print(f"{device}; {params / 1e6:,.1f}M-parameter Qwen2 (random), {len(data)} chains of <= {max_length} "
               f"tokens, {warmup} warm-up + {steps} timed optimizer steps; plain TRL batch {args.batch_size}, "
               f"tops micro-batches <= {budget} tokens; bf16 autocast, float32 weights", flush=True)
