@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tops.config import DEFAULT_EFFORT_PROMPTS, TrainConfig
-from tops.errors import EXIT_OUT_OF_MEMORY, UserError
+from tops.errors import EXIT_OUT_OF_MEMORY
 from tops.train.batching import micro_batch_cost, plan_micro_batches
 
 PROMPTS = dict(DEFAULT_EFFORT_PROMPTS)
@@ -270,16 +270,3 @@ def test_out_of_memory_is_recognised_and_marked_for_the_launcher(tmp_path, monke
     assert oom_marker(out).exists()
     assert launch_exit_code(1, out) == EXIT_OUT_OF_MEMORY and not oom_marker(out).exists()
     assert launch_exit_code(1, out) == 1
-
-
-def test_a_training_command_exits_3_on_out_of_memory(tmp_path, capsys):
-    import torch
-
-    from tops.train.common import exit_on_out_of_memory
-
-    with pytest.raises(SystemExit) as exit_info, exit_on_out_of_memory(tmp_path / "model"):
-        torch.empty(10**13)
-    assert exit_info.value.code == EXIT_OUT_OF_MEMORY
-    assert "out of memory" in capsys.readouterr().err
-    with pytest.raises(UserError), exit_on_out_of_memory(tmp_path / "model"):
-        raise UserError("bad input")  # anything else goes on as it came

@@ -123,20 +123,6 @@ def out_of_memory_guard(out_dir: Path) -> Iterator[None]:
         raise
 
 
-@contextmanager
-def exit_on_out_of_memory(out_dir: Path) -> Iterator[None]:
-    """A training command's exit: out of memory becomes one stderr line and exit code
-    EXIT_OUT_OF_MEMORY, for the stage runner to retry with halve_micro_batch."""
-    try:
-        yield
-    except Exception as exc:
-        if not is_out_of_memory(exc):
-            raise
-        print(f"error: {out_dir}: out of memory while training; retry with half the micro-batch "
-              "(train.batch_size, train.max_tokens_per_batch) and twice train.grad_accum", file=sys.stderr)
-        raise SystemExit(EXIT_OUT_OF_MEMORY) from exc
-
-
 def halve_micro_batch(cfg: TrainConfig) -> TrainConfig | None:
     """The out-of-memory retry: half the micro-batch (examples and token budget), twice the
     accumulation, so the step and the run key stay the same. None when it cannot shrink."""
