@@ -416,9 +416,9 @@ class TrainConfig(Strict):
     # Saves activation memory on long sequences for ~30% more compute. None: on when max_length
     # >= LONG_SEQUENCE_TOKENS (tops/train/kernels.py).
     gradient_checkpointing: bool | None = None
-    # Weights while training ("auto": as stored). None: bfloat16 where the optimizer keeps its own
-    # float32 master copy (DeepSpeed ZeRO) or the weights are frozen (LoRA), else float32: a
-    # plain or FSDP AdamW updates the weights themselves, and bf16 rounds away lr-1e-5 updates.
+    # Weights while training ("auto": as stored). None: with bf16, bfloat16 where the optimizer
+    # keeps its own float32 master copy (DeepSpeed ZeRO) or the weights are frozen (LoRA); a
+    # plain or FSDP AdamW updates the weights themselves (float32: bf16 rounds away lr-1e-5 steps).
     model_dtype: Literal["float32", "bfloat16", "auto"] | None = None
     attn_implementation: str | None = None  # None: follows `batching` (e.g. flash_attention_2)
     # Liger's Triton kernels (RMSNorm, SwiGLU, RoPE) when liger-kernel is installed and CUDA is

@@ -81,11 +81,12 @@ def _train_dpo(pairs, base_model, out_dir: Path, cfg: TrainConfig, prompts, prog
         return done
 
     tokenizer = load_tokenizer(base_model)
-    # TRL's DPO collator pads its pairs: no packed rows here, so only a flash-attn model (which
-    # unpads inside attention) or a configured kernel is asked for.
+    # TRL's DPO collator pads batch_size pairs: no packed rows or token budget here, so only a
+    # flash-attn model (which unpads inside attention) or a configured kernel is asked for.
     setup = resolve_setup(cfg)
     flex_only = setup.batching == "padding_free_flex" and not cfg.attn_implementation
-    setup = replace(setup, batching="padded", attn_implementation=None if flex_only else setup.attn_implementation)
+    setup = replace(setup, batching="padded", max_tokens_per_batch=None,
+                    attn_implementation=None if flex_only else setup.attn_implementation)
     args = trainer_args(DPOConfig, cfg, out_dir, learning_rate=lr, epochs=epochs, progress=progress,
                         setup=setup, beta=cfg.beta, max_length=cfg.max_length, precompute_ref_log_probs=True)
     trainer = DPOTrainer(model=str(base_model), args=args, train_dataset=dataset,
