@@ -270,3 +270,20 @@ def test_out_of_memory_is_recognised_and_marked_for_the_launcher(tmp_path, monke
     assert oom_marker(out).exists()
     assert launch_exit_code(1, out) == EXIT_OUT_OF_MEMORY and not oom_marker(out).exists()
     assert launch_exit_code(1, out) == 1
+
+
+@pytest.mark.slow
+def test_full_weight_dpo_precomputes_the_reference(tiny_model_dir, tmp_path):
+    import pandas as pd
+
+    from tops.train import train_dpo
+    from tops.train.dpo import reference_of
+
+    pairs = pd.DataFrame({"problem_id": ["a", "b", "c", "d"], "question": [f"What is {k} + 2?" for k in range(4)],
+                          "chosen": [f"{k + 2}." for k in range(4)], "rejected": [f"{k + 3}, I think." for k in range(4)]})
+    cfg = tiny_cfg(system_prompt="none", batch_size=2, dpo_learning_rate=1e-3)
+    summary = train_dpo(pairs, tiny_model_dir, tmp_path / "dpo", cfg, PROMPTS, progress=False)
+    assert summary["reference"] == "log-probs precomputed" and summary["steps"] == 2
+    assert summary["setup"]["max_tokens_per_batch"] is None
+    assert reference_of(cfg.model_copy(update={"num_processes": 8})) == "reference model prepared like the policy"
+    assert reference_of(TrainConfig()) == "adapter off"

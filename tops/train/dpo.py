@@ -3,9 +3,11 @@
 TRL's DPOTrainer does the work. The paper's Iter-DPO used lr 5e-7 at 32B against 1e-5 for its
 SFT stages, so without `dpo_learning_rate` the rate is the config's SFT rate / 20: it scales
 with whatever rate the config found right for its model size and for LoRA vs full weights.
-With LoRA the reference model is the base with the adapter switched off (no second copy); with
-full weights the reference log-probs are computed once, by the policy before its first step
-(TRL's precompute_ref_log_probs), so no second model is held while training.
+With LoRA the reference model is the base with the adapter switched off (no second copy). With
+full weights on one process the reference log-probs are computed once, by the policy before its
+first step (TRL's precompute_ref_log_probs), so no second model is held while training; on
+several processes TRL prepares the reference model like the policy (sharded under ZeRO-3 /
+FSDP), since its precompute writes a datasets cache file that the other ranks cannot open.
 """
 
 from __future__ import annotations
@@ -40,6 +42,13 @@ DPO_LR_FACTOR = 1 / 20  # paper: SFT 1e-5 -> Iter-DPO 5e-7
 
 def dpo_learning_rate(cfg: TrainConfig) -> float:
     return cfg.dpo_learning_rate or cfg.learning_rate * DPO_LR_FACTOR
+
+
+def reference_of(cfg: TrainConfig) -> str:
+    """Where DPO's reference log-probs come from (see the module docstring)."""
+    if cfg.lora.enabled:
+        return "adapter off"
+    return "log-probs precomputed" if cfg.num_processes == 1 else "reference model prepared like the policy"
 
 
 def preference_dataset(pairs: pd.DataFrame, cfg: TrainConfig, prompts: dict[str, str]):
@@ -88,7 +97,8 @@ def _train_dpo(pairs, base_model, out_dir: Path, cfg: TrainConfig, prompts, prog
     setup = replace(setup, batching="padded", max_tokens_per_batch=None,
                     attn_implementation=None if flex_only else setup.attn_implementation)
     args = trainer_args(DPOConfig, cfg, out_dir, learning_rate=lr, epochs=epochs, progress=progress,
-                        setup=setup, beta=cfg.beta, max_length=cfg.max_length, precompute_ref_log_probs=True)
+                        setup=setup, beta=cfg.beta, max_length=cfg.max_length,
+                        precompute_ref_log_probs=reference_of(cfg) == "log-probs precomputed")
     trainer = DPOTrainer(model=str(base_model), args=args, train_dataset=dataset,
                          processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=callbacks)
     if not progress:
@@ -105,7 +115,7 @@ def _train_dpo(pairs, base_model, out_dir: Path, cfg: TrainConfig, prompts, prog
         "learning_rate": lr,
         "dpo_epochs": epochs,
         "setup": setup.describe(),
-        "reference": "adapter off" if cfg.lora.enabled else "log-probs precomputed",
+        "reference": reference_of(cfg),
         "peak_memory_gib": peak_memory_gib(),
         "first_margin": margins[0] if margins else None,
         "final_margin": margins[-1] if margins else None,
