@@ -21,6 +21,7 @@ from tops.errors import EXIT_OUT_OF_MEMORY, UserError
 from tops.flows.cache import cache_key
 from tops.launch import Command, launch, tops_command
 from tops.layout import RunLayout
+from tops.train.common import halve_micro_batch
 
 CACHED = {"cache_key_fn": cache_key, "persist_result": True}
 
@@ -133,10 +134,10 @@ def train_task(cfg: TopsConfig, key: str, out: str, run_dir: str, stage: str, ar
             run_child(stage, args, cfg, out)
             return out
         except OutOfMemory:
-            if cfg.train.batch_size == 1:
+            train = halve_micro_batch(cfg.train)  # batch_size and max_tokens_per_batch halved
+            if train is None:
                 raise
-            train = cfg.train.model_copy(update={"batch_size": cfg.train.batch_size // 2,
-                                                 "grad_accum": cfg.train.grad_accum * 2})
             cfg = cfg.model_copy(update={"train": train})
             get_run_logger().warning(f"{stage}: out of memory; again with batch_size={train.batch_size}, "
+                                     f"max_tokens_per_batch={train.max_tokens_per_batch}, "
                                      f"grad_accum={train.grad_accum}")

@@ -145,9 +145,10 @@ def test_masked_tokens_get_no_gradient(tiny_model_dir, tmp_path, fused):
     predicting a masked token gets exactly zero gradient, every trained position a non-zero one."""
     from tops.train.sft import build_sft_trainer
 
+    # one padded forward, so one hook sees the whole batch (other paths: tests/test_batching.py)
     trainer, _, _ = build_sft_trainer(sft_rows(8, steps=True), tiny_model_dir, tmp_path / "m",
-                                      tiny_cfg(lora={"enabled": False}, fused_lm_head=fused), PROMPTS,
-                                      progress=False)
+                                      tiny_cfg(lora={"enabled": False}, fused_lm_head=fused,
+                                               batching="length_grouped"), PROMPTS, progress=False)
     assert trainer.fused_lm_head is fused
     model = trainer.model
     model.train()
@@ -369,36 +370,7 @@ def test_dpo_learning_rate_defaults_to_a_twentieth_of_sft():
     assert dpo_learning_rate(TrainConfig(learning_rate=1e-5, dpo_learning_rate=2e-6)) == 2e-6
 
 
-# ---------------------------------------------------------------- batching and launch
-
-
-def test_batching_follows_the_attention_kernel():
-    from tops.train.sft import batching_for, sft_trainer_kwargs
-
-    assert batching_for(TrainConfig()) == "length_grouped"
-    assert batching_for(TrainConfig(packing=False)) == "padded"
-    flash = TrainConfig(attn_implementation="flash_attention_2")
-    assert batching_for(flash) == "padding_free"
-    assert sft_trainer_kwargs(flash)["padding_free"] and sft_trainer_kwargs(flash)["max_length"] is None
-    assert not sft_trainer_kwargs(TrainConfig())["padding_free"]
-
-
-def test_length_buckets_cut_sorted_runs_in_shuffled_order():
-    from tops.train.sft import LengthBucketSampler
-
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(20, 400, size=203).tolist()
-    sampler = LengthBucketSampler(lengths, batch_size=8, seed=0)
-    first = list(sampler)
-    assert sorted(first) == list(range(203))
-    batches = [[lengths[i] for i in first[k:k + 8]] for k in range(0, 203, 8)]
-    padded = sum(len(b) * max(b) for b in batches)
-    assert 1 - sum(lengths) / padded < 0.05
-    maxima = [max(b) for b in batches[:-1]]  # the last one is the short run
-    assert maxima[0] == max(maxima) and maxima != sorted(maxima, reverse=True)  # longest first, then shuffled
-    assert list(sampler) == first  # same epoch, same order: resume sees the same batches
-    sampler.set_epoch(1)
-    assert list(sampler) != first
+# ---------------------------------------------------------------- launch (batching: tests/test_batching.py)
 
 
 def test_relaunch_command(tmp_path, monkeypatch):

@@ -395,9 +395,19 @@ class TrainConfig(Strict):
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
     max_length: int = Field(1024, ge=16)
-    # Keep padding a small share of the compute: padding-free batches under flash attention,
-    # length-grouped padded batches otherwise (see tops/train/sft.py). False: plain batches.
+    # Keep padding a small share of the compute (see tops/train/batching.py). False: plain
+    # padded batches in random order, whatever `batching` says.
     packing: bool = True
+    # How micro-batches are laid out. "auto" picks from what is installed: padding_free_flash
+    # (flash-attn varlen), padding_free_flex (flex attention with a document mask, CUDA),
+    # per_sequence (one unpadded sequence per forward, no mask; CUDA), length_grouped on CPU;
+    # the train summary names the path that ran.
+    batching: Literal["auto", "padding_free_flash", "padding_free_flex", "per_sequence",
+                      "length_grouped", "padded"] = "auto"
+    # Token budget of one micro-batch on one process: positions computed (rows x longest when
+    # padded, the sum of lengths when padding-free). None: `batch_size` examples per micro-batch.
+    # With a budget, a micro-batch holds as many examples as fit and `batch_size` is not used.
+    max_tokens_per_batch: int | None = Field(None, ge=16)
     bf16: bool = False
     lora: LoraConfig = Field(default_factory=LoraConfig)
     beta: float = Field(0.1, gt=0)  # DPO
@@ -412,9 +422,18 @@ class TrainConfig(Strict):
     max_steps: int | None = Field(None, ge=1)  # stop early (smoke runs, benchmarks)
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    gradient_checkpointing: bool = False  # saves memory on long sequences, costs ~30% compute
-    model_dtype: Literal["float32", "bfloat16", "auto"] = "float32"  # weights while training
-    attn_implementation: str | None = None  # e.g. "flash_attention_2" on GPUs
+    # Saves activation memory on long sequences for ~30% more compute. None: on when max_length
+    # >= LONG_SEQUENCE_TOKENS (tops/train/kernels.py).
+    gradient_checkpointing: bool | None = None
+    # Weights while training ("auto": as stored). None: with bf16, bfloat16 where the optimizer
+    # keeps its own float32 master copy (DeepSpeed ZeRO) or the weights are frozen (LoRA); a
+    # plain or FSDP AdamW updates the weights themselves (float32: bf16 rounds away lr-1e-5 steps).
+    model_dtype: Literal["float32", "bfloat16", "auto"] | None = None
+    attn_implementation: str | None = None  # None: follows `batching` (e.g. flash_attention_2)
+    # Liger's Triton kernels (RMSNorm, SwiGLU, RoPE) when liger-kernel is installed and CUDA is
+    # there (None); TRL's chunked LM head already keeps the logits off memory.
+    liger_kernels: bool | None = None
+    torch_compile: bool = False  # torch.compile the model (recompiles per new shape)
     # SFT: TRL's chunked log-prob LM head never builds the full logits (memory on GPUs, large
     # vocabularies) but runs the head in float32: on CPU it took ~1.5 s of a 4 s SmolLM2 step.
     # None: on with CUDA, off on CPU (the model's own loss under bf16 autocast).
@@ -422,6 +441,13 @@ class TrainConfig(Strict):
     # DPO: None = learning_rate / 20 (the paper: SFT 1e-5, Iter-DPO 5e-7) and `epochs`.
     dpo_learning_rate: float | None = Field(None, gt=0)
     dpo_epochs: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _budget_fits_one_example(self):
+        if self.max_tokens_per_batch is not None and self.max_tokens_per_batch < self.max_length:
+            raise ValueError(f"max_tokens_per_batch ({self.max_tokens_per_batch}) must be at least "
+                             f"max_length ({self.max_length}): one example has to fit in a micro-batch")
+        return self
 
 
 class EvalConfig(Strict):

@@ -169,7 +169,9 @@ def run_mask(cfg: TopsConfig, in_path: Path, out: Path, judge=None, progress: bo
 
 
 def _is_oom(exc: BaseException) -> bool:
-    return exc.__class__.__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+    from tops.train.common import is_out_of_memory  # CUDA's and a failed CPU allocation alike
+
+    return is_out_of_memory(exc)
 
 
 def _oom_marker(out: Path) -> Path:

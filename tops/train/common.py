@@ -27,15 +27,16 @@ import pyarrow as pa
 
 from tops.artifacts import atomic_write_table, atomic_write_text, fingerprint
 from tops.config import TrainConfig
-from tops.errors import UserError
+from tops.errors import EXIT_OUT_OF_MEMORY, UserError
 from tops.models import COMPLETE_MARKER
+from tops.train.kernels import TrainSetup
 
 KEY_FILE = "run_key.json"
 # Settings that change how a run is watched or launched, not what it learns. The batch enters
 # the key as its effective size only, so a retry with half the micro-batch and twice the
 # accumulation (the flow's out-of-memory retry) resumes the same run.
 _NOT_IN_KEY = ("logging_steps", "save_steps", "num_processes", "accelerate_config",
-               "batch_size", "grad_accum", "keep_checkpoints")
+               "batch_size", "grad_accum", "max_tokens_per_batch", "keep_checkpoints")
 
 
 # ---------------------------------------------------------------- processes
@@ -76,10 +77,72 @@ def maybe_relaunch(argv: Sequence[str], cfg: TrainConfig) -> bool:
     cmd = relaunch_command(argv, cfg)
     if cmd is None:
         return False
+    out_dir = Path(argv[argv.index("--out") + 1]) if "--out" in argv[:-1] else None
+    if out_dir is not None:
+        oom_marker(out_dir).unlink(missing_ok=True)
     code = subprocess.call(cmd, env={**os.environ, "TOPS_LAUNCHED": "1"})
     if code != 0:
-        raise SystemExit(code)
+        raise SystemExit(launch_exit_code(code, out_dir) if out_dir is not None else code)
     return True
+
+
+def launch_exit_code(code: int, out_dir: Path) -> int:
+    """Exit code of a failed launch: EXIT_OUT_OF_MEMORY when any process ran out of memory."""
+    marker = oom_marker(out_dir)
+    if marker.exists():
+        marker.unlink()
+        return EXIT_OUT_OF_MEMORY
+    return code
+
+
+# ---------------------------------------------------------------- out of memory
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or a CPU allocation that failed."""
+    text = str(exc).lower()
+    return (isinstance(exc, MemoryError) or exc.__class__.__name__ == "OutOfMemoryError" or "out of memory" in text
+            or "can't allocate memory" in text)
+
+
+def oom_marker(out_dir: Path) -> Path:
+    """Left next to the output folder by a launched process that ran out of memory, so the
+    launching process exits with EXIT_OUT_OF_MEMORY whatever code `accelerate launch` returns."""
+    return out_dir.with_name(out_dir.name + ".oom")
+
+
+@contextmanager
+def out_of_memory_guard(out_dir: Path) -> Iterator[None]:
+    """In a process started by `accelerate launch`, mark an out-of-memory for the launcher
+    (maybe_relaunch); the exception goes on as it came."""
+    try:
+        yield
+    except Exception as exc:
+        if is_out_of_memory(exc) and in_launched_process():
+            oom_marker(out_dir).touch()
+        raise
+
+
+def halve_micro_batch(cfg: TrainConfig) -> TrainConfig | None:
+    """The out-of-memory retry: half the micro-batch (examples and token budget), twice the
+    accumulation, so the step and the run key stay the same. None when it cannot shrink."""
+    budget = cfg.max_tokens_per_batch
+    smaller_budget = budget // 2 if budget is not None and budget // 2 >= cfg.max_length else None
+    if budget is not None and smaller_budget is None:
+        return None
+    if budget is None and cfg.batch_size == 1:
+        return None
+    return cfg.model_copy(update={"batch_size": max(1, cfg.batch_size // 2), "grad_accum": cfg.grad_accum * 2,
+                                  "max_tokens_per_batch": smaller_budget})
+
+
+def peak_memory_gib() -> float | None:
+    """Peak GPU memory allocated by this process since the run started (None on CPU)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2)
 
 
 # ---------------------------------------------------------------- trainer pieces
@@ -111,20 +174,22 @@ def uses_cpu() -> bool:
     return not torch.cuda.is_available()
 
 
-def model_init_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+def model_init_kwargs(setup: TrainSetup) -> dict[str, Any]:
     import torch
 
     kwargs: dict[str, Any] = {"dtype": {"float32": torch.float32, "bfloat16": torch.bfloat16,
-                                        "auto": "auto"}[cfg.model_dtype]}
-    if cfg.attn_implementation:
-        kwargs["attn_implementation"] = cfg.attn_implementation
+                                        "auto": "auto"}[setup.model_dtype]}
+    if setup.attn_implementation:
+        kwargs["attn_implementation"] = setup.attn_implementation
     return kwargs
 
 
 def trainer_args(config_cls, cfg: TrainConfig, out_dir: Path, *, learning_rate: float,
-                 epochs: float, progress: bool, **extra):
-    """SFTConfig / DPOConfig from our TrainConfig. TRL's own defaults (bf16 on, gradient
-    checkpointing on) are overridden explicitly so the config alone decides."""
+                 epochs: float, progress: bool, setup: TrainSetup, **extra):
+    """SFTConfig / DPOConfig from our TrainConfig and the resolved setup. TRL's own defaults
+    (bf16 on, gradient checkpointing on) are overridden explicitly so the config alone decides."""
+    if setup.liger_kernels:
+        extra.setdefault("use_liger_kernel", True)
     return config_cls(
         output_dir=str(out_dir / "checkpoints"),
         per_device_train_batch_size=cfg.batch_size,
@@ -136,8 +201,11 @@ def trainer_args(config_cls, cfg: TrainConfig, out_dir: Path, *, learning_rate: 
         warmup_steps=cfg.warmup_ratio,  # a float below 1 is a share of the steps
         bf16=cfg.bf16,
         fp16=False,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        model_init_kwargs=model_init_kwargs(cfg),
+        gradient_checkpointing=setup.gradient_checkpointing,
+        # non-reentrant: works with LoRA's frozen inputs and with activations that need no grad
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        torch_compile=setup.torch_compile,
+        model_init_kwargs=model_init_kwargs(setup),
         logging_steps=cfg.logging_steps,
         logging_first_step=True,
         save_strategy="steps",
@@ -173,6 +241,9 @@ def run_key(kind: str, base_model: str | Path, cfg: TrainConfig, data_key: str,
     resumes or returns the finished folder; a different key never reuses its checkpoints."""
     settings = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _NOT_IN_KEY}
     settings["effective_batch"] = cfg.batch_size * cfg.grad_accum * cfg.num_processes
+    if cfg.max_tokens_per_batch is not None:
+        settings["effective_batch"] = None
+        settings["effective_tokens"] = cfg.max_tokens_per_batch * cfg.grad_accum * cfg.num_processes
     return fingerprint({"kind": kind, "base": str(Path(base_model).resolve()) if Path(base_model).exists()
                         else str(base_model), "train": settings, "data": data_key, **(extra or {})})
 
@@ -295,7 +366,11 @@ def train_and_save(trainer, *, base_model: str | Path, out_dir: Path, tokenizer,
                    extra_panel: str | None = None) -> tuple[pd.DataFrame | None, float]:
     """Train (resuming from the last checkpoint), save or merge the weights, write the curve.
     Returns the curve (main process only) and the wall time of `trainer.train()`."""
+    import torch
+
     resume = last_checkpoint(out_dir)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - start

@@ -3,11 +3,16 @@
 TRL's DPOTrainer does the work. The paper's Iter-DPO used lr 5e-7 at 32B against 1e-5 for its
 SFT stages, so without `dpo_learning_rate` the rate is the config's SFT rate / 20: it scales
 with whatever rate the config found right for its model size and for LoRA vs full weights.
-With LoRA the reference model is the base with the adapter switched off (no second copy).
+With LoRA the reference model is the base with the adapter switched off (no second copy). With
+full weights on one process the reference log-probs are computed once, by the policy before its
+first step (TRL's precompute_ref_log_probs), so no second model is held while training; on
+several processes TRL prepares the reference model like the policy (sharded under ZeRO-3 /
+FSDP), since its precompute writes a datasets cache file that the other ranks cannot open.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -21,12 +26,15 @@ from tops.train.common import (
     last_checkpoint,
     lora_config,
     open_out_dir,
+    out_of_memory_guard,
+    peak_memory_gib,
     progress_bars,
     run_key,
     train_and_save,
     trainer_args,
 )
 from tops.train.examples import system_prompt_for
+from tops.train.kernels import resolve_setup
 from tops.train.sft import load_tokenizer
 
 DPO_LR_FACTOR = 1 / 20  # paper: SFT 1e-5 -> Iter-DPO 5e-7
@@ -34,6 +42,13 @@ DPO_LR_FACTOR = 1 / 20  # paper: SFT 1e-5 -> Iter-DPO 5e-7
 
 def dpo_learning_rate(cfg: TrainConfig) -> float:
     return cfg.dpo_learning_rate or cfg.learning_rate * DPO_LR_FACTOR
+
+
+def reference_of(cfg: TrainConfig) -> str:
+    """Where DPO's reference log-probs come from (see the module docstring)."""
+    if cfg.lora.enabled:
+        return "adapter off"
+    return "log-probs precomputed" if cfg.num_processes == 1 else "reference model prepared like the policy"
 
 
 def preference_dataset(pairs: pd.DataFrame, cfg: TrainConfig, prompts: dict[str, str]):
@@ -59,7 +74,7 @@ def train_dpo(pairs: pd.DataFrame, base_model: str | Path, out_dir: str | Path, 
               prompts: dict[str, str], progress: bool = True, callbacks: list | None = None) -> dict:
     """DPO-train `base_model` on question/chosen/rejected rows into `out_dir` (same layout,
     resume and completion rules as train_sft)."""
-    with progress_bars(progress):
+    with progress_bars(progress), out_of_memory_guard(Path(out_dir)):
         return _train_dpo(pairs, base_model, Path(out_dir), cfg, prompts, progress, callbacks)
 
 
@@ -75,8 +90,15 @@ def _train_dpo(pairs, base_model, out_dir: Path, cfg: TrainConfig, prompts, prog
         return done
 
     tokenizer = load_tokenizer(base_model)
+    # TRL's DPO collator pads batch_size pairs: no packed rows or token budget here, so only a
+    # flash-attn model (which unpads inside attention) or a configured kernel is asked for.
+    setup = resolve_setup(cfg)
+    flex_only = setup.batching == "padding_free_flex" and not cfg.attn_implementation
+    setup = replace(setup, batching="padded", max_tokens_per_batch=None,
+                    attn_implementation=None if flex_only else setup.attn_implementation)
     args = trainer_args(DPOConfig, cfg, out_dir, learning_rate=lr, epochs=epochs, progress=progress,
-                        beta=cfg.beta, max_length=cfg.max_length)
+                        setup=setup, beta=cfg.beta, max_length=cfg.max_length,
+                        precompute_ref_log_probs=reference_of(cfg) == "log-probs precomputed")
     trainer = DPOTrainer(model=str(base_model), args=args, train_dataset=dataset,
                          processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=callbacks)
     if not progress:
@@ -92,6 +114,9 @@ def _train_dpo(pairs, base_model, out_dir: Path, cfg: TrainConfig, prompts, prog
         "beta": cfg.beta,
         "learning_rate": lr,
         "dpo_epochs": epochs,
+        "setup": setup.describe(),
+        "reference": reference_of(cfg),
+        "peak_memory_gib": peak_memory_gib(),
         "first_margin": margins[0] if margins else None,
         "final_margin": margins[-1] if margins else None,
     })
