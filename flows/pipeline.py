@@ -38,6 +38,9 @@ from tops.select import SampleKeys, candidates
 os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
 
 
+BASE_EFFORTS = "base-efforts"  # the base model under its native efforts (efforts.native)
+
+
 def train_config_for(cfg: TopsConfig, stage: str):
     """The tag model learns each row under its own effort prompt (format imitation); every
     self-improvement model trains under the unconditioned prompt, so it picks its own depth."""
@@ -101,6 +104,8 @@ def _problems(loop: Loop, split: str, n: int | None, seed: int | None, exclude: 
     section = {**config_section(cfg, "problems"), "n": n, "seed": seed, "split": split, "heldout": heldout}
     if heldout:
         section["eval_n"] = cfg.eval.n_problems
+        if cfg.eval.benchmarks or cfg.eval.source:  # tops.benchmarks.held_out_problems draws from these
+            section["held_out"] = cfg.eval.model_dump(mode="json", include={"benchmarks", "source"})
     path = loop.call(problems_task, f"problems-{split}", section, {f"x{i}": p for i, p in enumerate(exclude)},
                      cfg=cfg, n=n, seed=seed, exclude=exclude, heldout=heldout)
     loop.publish(names.problems(split), path)
@@ -189,16 +194,20 @@ def loop_stages(loop: Loop) -> dict:
     used = [seed_problems, train_problems, *iter_problems]
     eval_problems = _problems(loop, "eval", None, None, used, heldout=True)
 
-    seed = loop.child("seed", config_section(cfg, "seed", "efforts"), {"problems": seed_problems, "base": base},
-                      ["seed", "--in", seed_problems], cfg)
-    loop.publish(names.SEED, seed)
+    seed = None  # native efforts need seed data only for select.add_seed_low
+    if not cfg.efforts.native or cfg.select.add_seed_low:
+        seed = loop.child("seed", config_section(cfg, "seed", "efforts"), {"problems": seed_problems, "base": base},
+                          ["seed", "--in", seed_problems], cfg)
+        loop.publish(names.SEED, seed)
 
-    # 2. format imitation: the tag model follows the effort prompts
-    tag = _train(loop, names.TAG, "sft", seed, "samples", base)
+    # 2. format imitation: the tag model follows the effort prompts (native efforts: the base model
+    # follows them as it is and samples them itself)
+    native = cfg.efforts.native
+    tag, tag_label = (base, names.BASE) if native else (_train(loop, names.TAG, "sft", seed, "samples", base), names.TAG)
 
     # 3-6. multi-effort sampling, verify, select shortest-correct, mask
     gen = cfg.generate
-    samples = _sample(loop, "generate", tag, names.TAG, train_problems, gen)
+    samples = _sample(loop, "generate", tag, tag_label, train_problems, gen)
     loop.publish(names.SAMPLES, samples)
     verified = _verify(loop, "verify", samples)
     loop.publish(names.VERIFIED, verified)
@@ -208,7 +217,7 @@ def loop_stages(loop: Loop) -> dict:
     loop.publish(names.MASKED, masked)
 
     # 7. SFT of the base model on the selection -> TOPS model (no effort prompt)
-    models = {names.BASE: (base, ["none"]), names.TAG: (tag, list(EFFORT_ORDER))}
+    models = {names.BASE: (base, ["none"]), (BASE_EFFORTS if native else names.TAG): (tag, list(EFFORT_ORDER))}
     tops_model = _train(loop, names.TOPS, "sft", masked, "masked", base)
     models[names.TOPS] = (tops_model, ["none"])
     if f.random_baseline:
@@ -251,6 +260,10 @@ def loop_stages(loop: Loop) -> dict:
         eval_cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"efforts": efforts})})
         section = {**config_section(eval_cfg, "eval", "engine", "verify"),
                    "prompts": {e: cfg.efforts.prompts[e] for e in efforts}}
+        kwargs = {e: cfg.efforts.template_kwargs[e] for e in efforts if e in cfg.efforts.template_kwargs}
+        depth = {e: cfg.generate.depth[e].model_dump(mode="json") for e in efforts if e in cfg.generate.depth}
+        if kwargs or depth:  # only when set, so evaluations of earlier runs keep their keys
+            section["native"] = {"template_kwargs": kwargs, "depth": depth}
         eval_parts.append(loop.child(f"eval-{label}", section, {"model": model, "problems": eval_problems},
                                      ["eval", "--model", model, "--label", label, "--problems", eval_problems,
                                       "--quiet"], eval_cfg))
@@ -286,7 +299,8 @@ def _report(loop: Loop, evals: pd.DataFrame, order: list[str], selected: str, ev
     source = loop.cfg.problems.source
     levels = list(source.levels) if source.kind == "arith" else None
     path = write_report(loop.dir, evals, read_artifact(selected, "selected"), order, notes, levels,
-                        stage_times=loop.stage_times())
+                        stage_times=loop.stage_times(), pass_ks=loop.cfg.eval.pass_k or None,
+                        budgets=loop.cfg.eval.token_budgets or None)
     try:
         from prefect.artifacts import create_markdown_artifact
 

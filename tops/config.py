@@ -122,6 +122,14 @@ EFFORT_ORDER = ("low", "medium", "high")
 
 class EffortsConfig(Strict):
     prompts: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_EFFORT_PROMPTS))
+    # Effort name -> chat-template arguments, e.g. {low: {enable_thinking: false}} for Qwen3;
+    # an effort is then its prompt ("" for no system message) plus these, plus any
+    # generate.depth control (budget forcing) for its depth.
+    template_kwargs: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # The base model follows these efforts as it is (gpt-oss "Reasoning: low", Qwen3's thinking
+    # switch): the flow trains no tag model and samples the base model instead (and makes seed
+    # data only for select.add_seed_low).
+    native: bool = False
 
     @field_validator("prompts")
     @classmethod
@@ -450,11 +458,42 @@ class TrainConfig(Strict):
         return self
 
 
+class BenchmarkConfig(Strict):
+    """A benchmark preset (tops/benchmarks.py): the Hub dataset, or `path`, a local file with
+    the same columns."""
+
+    name: Literal["gsm8k", "math500", "aime24", "aime25"]
+    path: Path | None = None
+    n: int | None = Field(None, ge=1)  # a random subset of this many problems (None: all)
+
+
 class EvalConfig(Strict):
     n_problems: int = Field(60, ge=1)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     efforts: list[str] = Field(default_factory=lambda: ["none"])
     sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.7))
+    # Held-out problems from benchmarks (names or {name, path, n}) or from another problems
+    # source, instead of n_problems drawn from problems.source.
+    benchmarks: list[BenchmarkConfig] = Field(default_factory=list)
+    source: SourceConfig | None = None
+    pass_k: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)  # []: k = samples per problem
+    token_budgets: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)  # []: quarters of the longest
+
+    @field_validator("benchmarks", mode="before")
+    @classmethod
+    def _names_are_presets(cls, value: Any) -> Any:
+        return [{"name": v} if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _one_held_out_source(self) -> EvalConfig:
+        names = [b.name for b in self.benchmarks]
+        if len(set(names)) != len(names):
+            raise ValueError("eval.benchmarks: a benchmark is listed twice")
+        if self.benchmarks and self.source is not None:
+            raise ValueError("eval.benchmarks and eval.source are exclusive: held-out problems come from one")
+        if any(k > len(self.seeds) for k in self.pass_k):
+            raise ValueError(f"eval.pass_k: k cannot exceed the {len(self.seeds)} samples per problem (eval.seeds)")
+        return self
 
 
 class SeedConfig(Strict):
@@ -528,6 +567,16 @@ class TopsConfig(Strict):
             for name in names:
                 if name not in known:
                     raise ValueError(f"{where}: unknown effort '{name}' (known: {', '.join(sorted(known))})")
+        efforts = self.efforts
+        for name in efforts.template_kwargs:
+            if name not in known:
+                raise ValueError(f"efforts.template_kwargs: unknown effort '{name}' (known: {', '.join(sorted(known))})")
+            if name in ("none", self.train.system_prompt):
+                raise ValueError(f"efforts.template_kwargs.{name}: training renders this effort's prompt "
+                                 "without template arguments; give it a system prompt instead")
+        if efforts.template_kwargs and not efforts.native:
+            raise ValueError("efforts.template_kwargs needs efforts.native: true (a tag model learns "
+                             "efforts from system prompts only)")
         for stage in self.flow.train_overrides:
             try:
                 self.train_config(stage)

@@ -54,7 +54,7 @@ import json
 import math
 import random
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tops.config import AlphaOneConfig, BudgetForcingConfig, SamplingConfig
 from tops.engines.base import Completion, Engine, Request
@@ -431,8 +431,7 @@ def generate_controlled(engine: Engine, requests: list[Request], n: int, samplin
                 for group, out in zip(by_origin.values(), outs, strict=True):
                     pieces.extend(zip(group, out, strict=True))
             else:
-                reqs = [Request(seq.request.messages, prefix=seq.request.prefix + seq.response,
-                                meta=seq.request.meta) for seq in members]
+                reqs = [replace(seq.request, prefix=seq.request.prefix + seq.response) for seq in members]
                 outs = engine.generate(reqs, 1, step)
                 pieces.extend((seq, out[0]) for seq, out in zip(members, outs, strict=True))
         normalized = []

@@ -1,13 +1,18 @@
-"""Held-out evaluation: accuracy and tokens per model, effort and difficulty.
+"""Held-out evaluation: accuracy and tokens per model, effort, benchmark and difficulty.
 
 k samples per problem from an engine seeded once (sample k is "seed k"), verified with the
 same checker as training data. Problems used for seed data or training are excluded by id,
-and an n-gram overlap check reports near-duplicates that ids cannot catch.
+and an n-gram overlap check reports near-duplicates that ids cannot catch. Besides accuracy
+and tokens, `metrics` gives pass@k (the unbiased estimator of Chen et al. 2021 over the k
+samples) and accuracy under token budgets (a response counts only if it is correct within
+the budget: the accuracy-vs-budget curve of the efficient-reasoning literature).
 """
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -38,20 +43,137 @@ def contamination(eval_problems: pd.DataFrame, train_questions: list[str], n: in
 
 def evaluate_model(problems: pd.DataFrame, engine, label: str, efforts: list[str], seeds: list[int],
                    sampling: SamplingConfig, prompts: dict[str, str], verify_cfg: VerifyConfig,
-                   work_dir: Path, progress: bool = True) -> pd.DataFrame:
-    """Eval rows for one model: one row per (problem, effort, seed)."""
+                   work_dir: Path, progress: bool = True, *, template_kwargs: Mapping[str, dict] | None = None,
+                   depth: Mapping | None = None) -> pd.DataFrame:
+    """Eval rows for one model: one row per (problem, effort, seed). Native efforts bring their
+    chat-template arguments and depth controls (efforts.template_kwargs, generate.depth)."""
     from tops.generate import generate_samples
     from tops.verify import verify_samples
 
-    gen_cfg = GenerateConfig(efforts=efforts, n_samples=len(seeds), sampling=sampling)
+    gen_cfg = GenerateConfig(efforts=efforts, n_samples=len(seeds), sampling=sampling,
+                             depth={e: c for e, c in (depth or {}).items() if e in efforts})
     samples, _ = generate_samples(problems, engine, gen_cfg, prompts, work_dir / f"eval-samples-{label}.parquet",
-                                  model_name=label, progress=progress)
+                                  model_name=label, progress=progress, template_kwargs=dict(template_kwargs or {}))
     verified, _ = verify_samples(samples, verify_cfg, progress=progress)
     verified["seed"] = np.asarray(seeds)[verified["sample_idx"].to_numpy()]
     verified["model"] = label
     keep = ["model", "problem_id", "difficulty", "effort", "seed", "n_tokens", "correct", "pred",
-            "verify_status", "finish_reason", "response"]
+            "verify_status", "finish_reason", "response"] + ["benchmark"] * ("benchmark" in verified.columns)
     return verified[keep].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- pass@k and token budgets
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct: 1 - C(n-c, k) / C(n, k)."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def default_budgets(evals: pd.DataFrame) -> list[int]:
+    """Quarters of the longest response, when no budgets are configured."""
+    top = int(evals["n_tokens"].max()) if len(evals) else 0
+    return sorted({max(1, math.ceil(top * q / 4)) for q in (1, 2, 3, 4)}) if top else []
+
+
+def metrics(evals: pd.DataFrame, by: list[str], pass_ks: list[int], budgets: list[int]) -> pd.DataFrame:
+    """Per group: problems, samples, accuracy, mean tokens, mean tokens of correct answers,
+    pass@k for each k (problems with fewer than k samples left out) and accuracy at each budget."""
+    rows = []
+    for key, group in evals.groupby(by, dropna=False, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        per_problem = group.groupby("problem_id")["correct"].agg(["size", "sum"])
+        row = dict(zip(by, key, strict=True))
+        row.update(problems=len(per_problem), samples=len(group), accuracy=float(group["correct"].mean()),
+                   mean_tokens=float(group["n_tokens"].mean()),
+                   mean_tokens_correct=float(group.loc[group["correct"], "n_tokens"].mean())
+                   if group["correct"].any() else float("nan"))
+        for k in pass_ks:
+            enough = per_problem[per_problem["size"] >= k]
+            row[f"pass@{k}"] = (float(np.mean([pass_at_k(int(n), int(c), k) for n, c in enough.to_numpy()]))
+                                if len(enough) else float("nan"))
+        for budget in budgets:
+            row[f"acc@{budget}"] = float((group["correct"] & (group["n_tokens"] <= budget)).mean())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _with_benchmark(evals: pd.DataFrame) -> pd.DataFrame:
+    if "benchmark" in evals.columns:
+        return evals.assign(benchmark=evals["benchmark"].fillna("held-out"))
+    return evals.assign(benchmark="held-out")
+
+
+def metrics_table(evals: pd.DataFrame, order: list[str] | None = None, pass_ks: list[int] | None = None,
+                  budgets: list[int] | None = None, difficulty_order: list[str] | None = None) -> str:
+    """Markdown: one row per model, effort and benchmark ("all" difficulties), then one per
+    difficulty of that benchmark, with pass@k and accuracy at each token budget."""
+    evals = _with_benchmark(evals)
+    if pass_ks is None:
+        samples = int(evals.groupby(["model", "effort", "problem_id"]).size().min()) if len(evals) else 1
+        pass_ks = [samples] if samples > 1 else []
+    budgets = default_budgets(evals) if budgets is None else budgets
+    keys = ["model", "effort", "benchmark"]
+    overall = metrics(evals, keys, pass_ks, budgets).assign(difficulty="all")
+    by_diff = metrics(evals[evals["difficulty"].notna()], [*keys, "difficulty"], pass_ks, budgets)
+    order = order or list(dict.fromkeys(evals["model"]))
+    header = ["model", "effort", "benchmark", "difficulty", "problems", "accuracy", "mean tokens",
+              "tokens (correct)", *[f"pass@{k}" for k in pass_ks], *[f"acc ≤{b} tok" for b in budgets]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+    def cells(row) -> list[str]:
+        return [row["model"], row["effort"], row["benchmark"], str(row["difficulty"]), str(row["problems"]),
+                f"{row['accuracy']:.3f}", f"{row['mean_tokens']:.1f}", _tokens_cell(row["mean_tokens_correct"]),
+                *["–" if pd.isna(row[f"pass@{k}"]) else f"{row[f'pass@{k}']:.3f}" for k in pass_ks],
+                *[f"{row[f'acc@{b}']:.3f}" for b in budgets]]
+
+    overall["_model"] = overall["model"].map({m: i for i, m in enumerate(order)})
+    overall["_effort"] = overall["effort"].map(_effort_rank)
+    overall = overall.sort_values(["_model", "_effort"], kind="stable")
+    for _, row in overall.iterrows():
+        lines.append("| " + " | ".join(cells(row)) + " |")
+        mine = by_diff[(by_diff["model"] == row["model"]) & (by_diff["effort"] == row["effort"])
+                       & (by_diff["benchmark"] == row["benchmark"])] if len(by_diff) else by_diff
+        for d in ordered_difficulties(mine["difficulty"].unique() if len(mine) else [], difficulty_order):
+            lines.append("| " + " | ".join(cells(mine[mine["difficulty"] == d].iloc[0])) + " |")
+    return "\n".join(lines)
+
+
+def _effort_rank(effort: str) -> tuple[int, str]:
+    return (EFFORT_ORDER.index(effort), effort) if effort in EFFORT_ORDER else (9, effort)
+
+
+def plot_budget_accuracy(evals: pd.DataFrame, path: Path, budgets: list[int] | None = None) -> Path:
+    """Accuracy against the token budget, one curve per model and effort, one panel per benchmark."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evals = _with_benchmark(evals)
+    benchmarks = list(dict.fromkeys(evals["benchmark"]))
+    top = max(int(evals["n_tokens"].max()) if len(evals) else 1, *(budgets or [1]))
+    grid = np.unique(np.linspace(0, top, 41).round().astype(int))
+    fig, axes = plt.subplots(1, len(benchmarks), figsize=(5 * len(benchmarks), 3.8), squeeze=False)
+    for ax, bench in zip(axes[0], benchmarks, strict=True):
+        part = evals[evals["benchmark"] == bench]
+        for (model, effort), group in part.groupby(["model", "effort"], sort=False):
+            tokens, correct = group["n_tokens"].to_numpy(), group["correct"].to_numpy(bool)
+            curve = [(correct & (tokens <= b)).mean() for b in grid]
+            ax.plot(grid, curve, label=model if effort == "none" else f"{model} ({effort})")
+        for b in budgets or []:
+            ax.axvline(b, color="#cccccc", lw=0.8, zorder=0)
+        ax.set(title=bench, xlabel="token budget", ylabel="accuracy within budget", ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def summarize(evals: pd.DataFrame, by: tuple[str, ...] = ("model", "effort")) -> pd.DataFrame:
@@ -85,9 +207,11 @@ def _tokens_cell(value: float) -> str:
 
 
 def markdown_table(evals: pd.DataFrame, order: list[str] | None = None,
-                   difficulty_order: list[str] | None = None) -> str:
+                   difficulty_order: list[str] | None = None, pass_ks: list[int] | None = None,
+                   budgets: list[int] | None = None) -> str:
     """Model x effort rows: overall accuracy ± spread over seeds, its bootstrap interval over
-    problems, mean tokens, then per difficulty."""
+    problems, mean tokens, then per difficulty; below it the per-benchmark / per-difficulty
+    table with pass@k and budget accuracy (`metrics_table`)."""
     overall = summarize(evals)
     by_diff = summarize(evals, ("model", "effort", "difficulty"))
     difficulties = ordered_difficulties(by_diff["difficulty"].dropna().unique(), difficulty_order)
@@ -107,4 +231,4 @@ def markdown_table(evals: pd.DataFrame, order: list[str] | None = None,
                           & (by_diff["difficulty"] == d)]
             cells.append(f"{hit['accuracy'].iloc[0]:.2f} / {hit['mean_tokens'].iloc[0]:.0f}" if len(hit) else "–")
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n\n" + metrics_table(evals, order, pass_ks, budgets, difficulty_order)

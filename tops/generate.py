@@ -21,15 +21,20 @@ from tops.engines import Engine, Request
 from tops.errors import UserError
 
 
-def build_requests(problems: pd.DataFrame, efforts: list[str], prompts: dict[str, str]) -> list[Request]:
-    """One chat per (problem, effort), problem-major: system = effort prompt, user = question."""
+def build_requests(problems: pd.DataFrame, efforts: list[str], prompts: dict[str, str],
+                   template_kwargs: dict[str, dict] | None = None) -> list[Request]:
+    """One chat per (problem, effort), problem-major: system = effort prompt (none when empty),
+    user = question; an effort's chat-template arguments (efforts.template_kwargs) go along."""
     unknown = [e for e in efforts if e not in prompts]
     if unknown:
         raise UserError(f"unknown effort '{unknown[0]}' (known: {', '.join(sorted(prompts))})")
+    template_kwargs = template_kwargs or {}
     return [
         Request(
-            messages=[{"role": "system", "content": prompts[effort]}, {"role": "user", "content": question}],
+            messages=([{"role": "system", "content": prompts[effort]}] if prompts[effort] else [])
+            + [{"role": "user", "content": question}],
             meta={"row": i, "effort": effort},
+            chat_template_kwargs=dict(template_kwargs.get(effort, {})),
         )
         for i, question in enumerate(problems["question"].tolist())
         for effort in efforts
@@ -87,6 +92,7 @@ def generate_samples(
     out: str | Path,
     model_name: str,
     progress: bool = True,
+    template_kwargs: dict[str, dict] | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Sample every problem at every configured effort; resumable through shards in `out`."""
     if problems.empty:
@@ -94,12 +100,15 @@ def generate_samples(
     if problems["problem_id"].duplicated().any():
         dup = problems.loc[problems["problem_id"].duplicated(), "problem_id"].iloc[0]
         raise UserError(f"problem_id {str(dup)[:80]!r} appears more than once in the input")
-    requests = build_requests(problems, cfg.efforts, prompts)
+    requests = build_requests(problems, cfg.efforts, prompts, template_kwargs)
     settings = {"model": model_name, "n": cfg.n_samples, "sampling": cfg.sampling.model_dump(),
                 "prompts": {e: prompts[e] for e in cfg.efforts}}
     n_by_effort = {e: cfg.samples_for(e) for e in cfg.efforts}
     if cfg.n_samples_by_effort:  # only when set, so shards of earlier runs keep their keys
         settings["n_by_effort"] = n_by_effort
+    kwargs = {e: template_kwargs[e] for e in cfg.efforts if e in (template_kwargs or {})}
+    if kwargs:  # only when set, so shards of runs without template arguments keep their keys
+        settings["template_kwargs"] = kwargs
     depth = {e: cfg.depth[e] for e in cfg.efforts if e in cfg.depth}
     if depth:  # only when set, so shards of runs without depth controls keep their keys
         settings["depth"] = {e: c.model_dump() for e, c in depth.items()}

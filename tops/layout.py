@@ -27,6 +27,7 @@ LINEAGE = "lineage.json"
 REPORT = "report.md"
 ACCURACY_PLOT = "accuracy_vs_tokens.png"
 SHARES_PLOT = "effort_shares.png"
+BUDGET_PLOT = "accuracy_vs_budget.png"  # accuracy within each token budget (tops.evaluate)
 EVAL = "eval.parquet"
 SEED = "seed.parquet"
 SAMPLES = "samples.parquet"

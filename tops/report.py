@@ -11,9 +11,9 @@ import pandas as pd
 
 from tops.bootstrap import accuracy_intervals
 from tops.config import EFFORT_ORDER
-from tops.evaluate import markdown_table, summarize
+from tops.evaluate import markdown_table, plot_budget_accuracy, summarize
 from tops.goals import checks_markdown, effort_shares, shape_checks
-from tops.layout import ACCURACY_PLOT, SHARES_PLOT, RunLayout
+from tops.layout import ACCURACY_PLOT, BUDGET_PLOT, SHARES_PLOT, RunLayout
 
 MODEL_COLORS = ["#1b9e77", "#7570b3", "#e7298a", "#66a61e", "#a6761d", "#666666", "#17becf"]  # apart from the efforts' colours
 EFFORT_COLORS = {"low": "#4c9be8", "medium": "#f0a030", "high": "#d9534f", "none": "#888888"}
@@ -83,16 +83,19 @@ def plot_effort_shares(shares: pd.DataFrame, path: Path) -> Path:
 
 def write_report(run_dir: Path, evals: pd.DataFrame, selected: pd.DataFrame | None, model_order: list[str],
                  notes: list[str] | None = None, difficulty_order: list[str] | None = None,
-                 stage_times: list[tuple[str, float | None, bool]] | None = None) -> Path:
+                 stage_times: list[tuple[str, float | None, bool]] | None = None,
+                 pass_ks: list[int] | None = None, budgets: list[int] | None = None) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     parts = [f"# TOPS run `{run_dir.name}`", "", "## Held-out evaluation", "",
-             markdown_table(evals, model_order, difficulty_order), "",
+             markdown_table(evals, model_order, difficulty_order, pass_ks, budgets), "",
              "Accuracy is the mean over problems and seeds (± standard deviation of per-seed accuracy); the "
              "95% CI resamples the held-out problems within each difficulty (percentile bootstrap, 2000 draws), "
              "which also covers which problems happened to be drawn; tokens are counted with each model's "
              "tokenizer.", ""]
     plot_accuracy_vs_tokens(evals, run_dir / ACCURACY_PLOT)
     parts += [f"![accuracy vs tokens]({ACCURACY_PLOT})", ""]
+    plot_budget_accuracy(evals, run_dir / BUDGET_PLOT, budgets)
+    parts += [f"![accuracy within a token budget]({BUDGET_PLOT})", ""]
     if selected is not None and "policy" in selected.columns:
         selected = selected[selected["policy"] != "seed-low"]  # appended seed rows were not chosen
     checks = shape_checks(evals, selected, difficulty_order)

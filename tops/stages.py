@@ -45,9 +45,11 @@ def draw_problems(cfg: TopsConfig, n: int | None = None, seed: int | None = None
     held-out split is drawn here only: eval.n_problems with a seed no training split uses."""
     from tops.domains import load_problems
 
-    if heldout:
-        n, seed = cfg.eval.n_problems, cfg.run.seed + EVAL_SEED_OFFSET
     used = set().union(*(set(read_artifact(p, "problems")["problem_id"]) for p in exclude)) if exclude else set()
+    if heldout:  # eval.benchmarks, eval.source, else the training source (tops.benchmarks)
+        from tops.benchmarks import held_out_problems
+
+        return held_out_problems(cfg, cfg.eval.n_problems, cfg.run.seed + EVAL_SEED_OFFSET, used)
     return load_problems(cfg.problems, n=n, seed=seed, exclude=used)
 
 
@@ -88,7 +90,8 @@ def run_generate(cfg: TopsConfig, out: Path, problems_path: Path | None = None, 
             engine = make_engine(resolve_model(model_name), cfg.engine)
         try:
             _, summary = generate_samples(problems, engine, cfg.generate, cfg.efforts.prompts, out,
-                                          model_name=label or default_label(model_name), progress=progress)
+                                          model_name=label or default_label(model_name), progress=progress,
+                                          template_kwargs=cfg.efforts.template_kwargs)
         finally:
             if owned:
                 with contextlib.suppress(Exception):
@@ -283,12 +286,13 @@ def run_eval(cfg: TopsConfig, out: Path, models: list[str], train_problems: list
             try:
                 frames.append(evaluate_model(problems, engine, label, cfg.eval.efforts, cfg.eval.seeds,
                                              cfg.eval.sampling, cfg.efforts.prompts, cfg.verify, out.parent,
-                                             progress=progress))
+                                             progress=progress, template_kwargs=cfg.efforts.template_kwargs,
+                                             depth=cfg.generate.depth))
             finally:
                 engine.close()
         evals = pd.concat(frames, ignore_index=True)
         write_artifact(evals, out, "eval")
-    table = markdown_table(evals)
+    table = markdown_table(evals, pass_ks=cfg.eval.pass_k or None, budgets=cfg.eval.token_budgets or None)
     flagged = contamination(problems, [q for u in used for q in u["question"]]) if used else []
     summary = {"models": models, "labels": labels or None, "problems": len(problems), "contaminated": len(flagged)}
     inputs = {**({"problems": problems_path} if problems_path else {}),

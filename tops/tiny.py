@@ -18,6 +18,34 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+# Reasoning-model template shapes, on the same tokens (tests of tops.train.examples / thinking):
+# QwQ / DeepSeek-R1 distills drop the thinking from assistant messages and open it in the
+# generation prompt; Qwen3 re-renders the block of the last turn and closes it empty in the
+# generation prompt when enable_thinking is false.
+R1_STYLE_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}{% set content = message['content'].split('</think>')[-1].lstrip() %}"
+    "{% else %}{% set content = message['content'] %}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + content + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n<think>\n' }}{% endif %}"
+)
+QWEN3_STYLE_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{% set content = message['content'] %}{% set reasoning = '' %}"
+    "{% if '</think>' in content %}"
+    "{% set reasoning = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') %}"
+    "{% set content = content.split('</think>')[-1].lstrip('\n') %}{% endif %}"
+    "{% if loop.last %}{{ '<|im_start|>assistant\n<think>\n' + reasoning.strip('\n') + '\n</think>\n\n'"
+    " + content + '<|im_end|>\n' }}"
+    "{% else %}{{ '<|im_start|>assistant\n' + content + '<|im_end|>\n' }}{% endif %}"
+    "{% else %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    "{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\n\n</think>\n\n' }}{% endif %}"
+    "{% endif %}"
+)
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 COMPLETE_MARKER = ".tops-complete"
 
@@ -42,7 +70,8 @@ def _corpus(n_lines: int = 3000, seed: int = 0) -> list[str]:
     return lines
 
 
-def build_tiny_model(out_dir: str | Path, vocab_size: int = 512, seed: int = 0) -> Path:
+def build_tiny_model(out_dir: str | Path, vocab_size: int = 512, seed: int = 0,
+                     chat_template: str = CHATML_TEMPLATE) -> Path:
     """Create (or reuse) a tiny Qwen2 model + trained BPE tokenizer with a chat template."""
     out_dir = Path(out_dir)
     if (out_dir / COMPLETE_MARKER).exists():
@@ -68,7 +97,7 @@ def build_tiny_model(out_dir: str | Path, vocab_size: int = 512, seed: int = 0) 
         bos_token=None,
         unk_token=None,
     )
-    fast.chat_template = CHATML_TEMPLATE
+    fast.chat_template = chat_template
 
     torch.manual_seed(seed)
     config = Qwen2Config(

@@ -37,6 +37,7 @@ from tops.answers import (
 )
 from tops.artifacts import check_columns
 from tops.config import VerifyConfig
+from tops.thinking import cut_off_in_thinking
 
 STATUSES = ("ok", "no_answer", "timeout", "error")
 
@@ -239,7 +240,7 @@ def verify_samples(df: pd.DataFrame, cfg: VerifyConfig,
     # Samples of one problem often agree on the answer: check each (gold, pred) pair once.
     positions_by_pair: dict[tuple[str, str], list[int]] = {}
     for position, response in enumerate(df["response"]):
-        pred = extract_answer(response, cfg.answer_phrases)
+        pred = None if cut_off_in_thinking(response) else extract_answer(response, cfg.answer_phrases)
         preds[position] = pred
         if pred is None:
             record(position, False, "no_answer")

@@ -30,6 +30,8 @@ class Request:
     # Text the assistant has already written; the completion continues it.
     prefix: str = ""
     meta: dict = field(default_factory=dict, compare=False)
+    # Arguments to the chat template (an effort such as Qwen3's enable_thinking=False).
+    chat_template_kwargs: dict = field(default_factory=dict, compare=False)
 
 
 @runtime_checkable

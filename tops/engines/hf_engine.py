@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from tops.engines.base import Completion, Request
-from tops.engines.render import count_tokens, render_ids
+from tops.engines.render import count_tokens, render_chat, render_ids, response_text
 from tops.errors import UserError
 
 _DTYPES = {"auto": "auto", "float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
@@ -71,8 +73,10 @@ class HFEngine:
             )
         new_tokens = out[:, width:].tolist()
         grouped: list[list[Completion]] = []
-        for i in range(len(rows)):
-            grouped.append([self._completion(new_tokens[i * n + j], sampling.stop) for j in range(n)])
+        for i, request in enumerate(batch):
+            chat = render_chat(self.tokenizer, request)
+            completions = [self._completion(new_tokens[i * n + j], sampling.stop) for j in range(n)]
+            grouped.append([replace(c, text=response_text(chat, request, c.text)) for c in completions])
         return grouped
 
     def _completion(self, tokens: list[int], stop: list[str]) -> Completion:

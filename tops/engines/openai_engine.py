@@ -2,7 +2,9 @@
 
 Requests run concurrently on a thread pool; tokens are counted with the served model's own
 tokenizer (engine.tokenizer, or the model name when it is loadable) so lengths are comparable
-with the offline engines.
+with the offline engines. A server started with a reasoning parser returns the thought apart
+(`reasoning_content`, or `reasoning` in newer vLLM); it is joined back as `<think>…</think>answer`
+and counted, so the stored response is the model's whole output (tops.thinking).
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from tops.engines.base import Completion, Request
-from tops.engines.render import count_tokens
+from tops.engines.render import count_tokens, render_chat, response_text
 from tops.errors import UserError
+from tops.thinking import join_reasoning
 
 
 class OpenAIEngine:
@@ -50,6 +53,8 @@ class OpenAIEngine:
         }
         if sampling.stop:
             body["stop"] = list(sampling.stop)
+        if request.chat_template_kwargs:  # vLLM / sglang pass these to the chat template
+            body["chat_template_kwargs"] = dict(request.chat_template_kwargs)
         if self.vllm_extensions:
             body["return_token_ids"] = True  # exact generated-token counts from vLLM's server
         if request.prefix:
@@ -63,7 +68,7 @@ class OpenAIEngine:
         if response.status_code >= 400:
             raise RuntimeError(f"{self.base_url}: HTTP {response.status_code}: {response.text[:300]}")
         choices = sorted(response.json()["choices"], key=lambda c: c["index"])
-        texts = [c["message"]["content"] or "" for c in choices]
+        texts = [self._response(request, c) for c in choices]
         if all(c.get("token_ids") is not None for c in choices):
             counts = [len(c["token_ids"]) for c in choices]
         else:
@@ -73,6 +78,23 @@ class OpenAIEngine:
                        stop_reason=c.get("stop_reason") if isinstance(c.get("stop_reason"), str) else None)
             for t, k, c in zip(texts, counts, choices, strict=True)
         ]
+
+    def _response(self, request: Request, choice: dict) -> str:
+        """The whole response of one choice: the thought joined back in front of the answer; with
+        no separate thought, the thinking opening the (local copy of the) template wrote, if any."""
+        message = choice["message"]
+        reasoning = message.get("reasoning_content") or message.get("reasoning")
+        if reasoning:
+            return join_reasoning(reasoning, message.get("content"), choice.get("finish_reason"))
+        content = message.get("content") or ""
+        if getattr(self.tokenizer, "chat_template", None):
+            from jinja2 import TemplateError
+
+            try:
+                return response_text(render_chat(self.tokenizer, request), request, content)
+            except (TemplateError, ValueError):  # the local copy cannot render it: content as it came
+                return content
+        return content
 
     def generate(self, requests: list[Request], n: int, sampling) -> list[list[Completion]]:
         with ThreadPoolExecutor(self.concurrency) as pool:

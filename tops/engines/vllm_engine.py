@@ -6,7 +6,7 @@ import gc
 import os
 
 from tops.engines.base import Completion, Request
-from tops.engines.render import count_tokens, render_ids
+from tops.engines.render import count_tokens, render_chat, render_ids, response_text
 from tops.errors import UserError
 
 
@@ -52,8 +52,9 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        prompts, params = [], []
+        prompts, params, chats = [], [], []
         for request in requests:
+            chats.append(render_chat(self.tokenizer, request))
             ids = render_ids(self.tokenizer, request)
             room = self.max_model_len - len(ids)
             if room < 1:
@@ -68,10 +69,11 @@ class VLLMEngine:
             ))
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         return [
-            [Completion(text=o.text, n_tokens=len(o.token_ids), finish_reason=o.finish_reason or "stop",
+            [Completion(text=response_text(chat, request, o.text), n_tokens=len(o.token_ids),
+                        finish_reason=o.finish_reason or "stop",
                         stop_reason=o.stop_reason if isinstance(o.stop_reason, str) else None)
              for o in out.outputs]
-            for out in outputs
+            for out, request, chat in zip(outputs, requests, chats, strict=True)
         ]
 
     def count_tokens(self, texts: list[str]) -> list[int]:

@@ -33,7 +33,7 @@ from tops.train.common import (
     train_and_save,
     trainer_args,
 )
-from tops.train.examples import system_prompt_for
+from tops.train.examples import preference_texts, system_prompt_for
 from tops.train.kernels import resolve_setup
 from tops.train.sft import load_tokenizer
 
@@ -51,9 +51,10 @@ def reference_of(cfg: TrainConfig) -> str:
     return "log-probs precomputed" if cfg.num_processes == 1 else "reference model prepared like the policy"
 
 
-def preference_dataset(pairs: pd.DataFrame, cfg: TrainConfig, prompts: dict[str, str]):
-    """Pairs -> TRL conversational preference rows, under the configured system prompt."""
-    from tops.pairs import to_trl_preference
+def preference_dataset(pairs: pd.DataFrame, cfg: TrainConfig, prompts: dict[str, str], tokenizer):
+    """Pairs -> TRL preference rows as rendered text (tops.train.examples.preference_texts: the
+    whole responses, thinking included), under the configured system prompt."""
+    from datasets import Dataset
 
     for column in ("question", "chosen", "rejected"):
         if column not in pairs.columns:
@@ -65,9 +66,10 @@ def preference_dataset(pairs: pd.DataFrame, cfg: TrainConfig, prompts: dict[str,
     if cfg.system_prompt == "effort":
         if "effort" not in pairs.columns:
             raise UserError("train.system_prompt 'effort' needs an 'effort' column in the pairs")
-        systems = [system_prompt_for("effort", e, prompts) or "" for e in pairs["effort"]]
-        return to_trl_preference(pairs.assign(system_prompt=systems))
-    return to_trl_preference(pairs, system_prompt_for(cfg.system_prompt, None, prompts) or "")
+        systems = [system_prompt_for("effort", e, prompts) for e in pairs["effort"]]
+    else:
+        systems = [system_prompt_for(cfg.system_prompt, None, prompts)] * len(pairs)
+    return Dataset.from_dict(preference_texts(pairs, tokenizer, systems))
 
 
 def train_dpo(pairs: pd.DataFrame, base_model: str | Path, out_dir: str | Path, cfg: TrainConfig,
@@ -82,14 +84,14 @@ def _train_dpo(pairs, base_model, out_dir: Path, cfg: TrainConfig, prompts, prog
     from transformers.trainer_callback import PrinterCallback
     from trl import DPOConfig, DPOTrainer
 
-    dataset = preference_dataset(pairs, cfg, prompts)
+    tokenizer = load_tokenizer(base_model)
+    dataset = preference_dataset(pairs, cfg, prompts, tokenizer)
     lr, epochs = dpo_learning_rate(cfg), cfg.dpo_epochs or cfg.epochs
     data_key = fingerprint([dataset["prompt"], dataset["chosen"], dataset["rejected"]])
     done = open_out_dir(out_dir, run_key("dpo", base_model, cfg, data_key))
     if done is not None:
         return done
 
-    tokenizer = load_tokenizer(base_model)
     # TRL's DPO collator pads batch_size pairs: no packed rows or token budget here, so only a
     # flash-attn model (which unpads inside attention) or a configured kernel is asked for.
     setup = resolve_setup(cfg)
@@ -111,6 +113,7 @@ def _train_dpo(pairs, base_model, out_dir: Path, cfg: TrainConfig, prompts, prog
     summary.update({
         "pairs": len(pairs),
         "system_prompt": cfg.system_prompt,
+        "rendering": "generation",  # prompt + whole response + end-of-turn (preference_texts)
         "beta": cfg.beta,
         "learning_rate": lr,
         "dpo_epochs": epochs,

@@ -175,6 +175,7 @@ def _train_sft(data, base_model, out_dir: Path, cfg: TrainConfig, prompts, progr
         "trainable_tokens": examples.trainable_tokens,
         "masked_tokens": examples.masked_tokens,
         "truncated_examples": examples.truncated,
+        "rendering": examples.rendering,  # how the chat template's rows kept the whole response
         "batching": trainer.setup.batching,
         "setup": trainer.setup.describe(),
         "largest_micro_batch_tokens": trainer.largest_micro_batch,
