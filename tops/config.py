@@ -84,7 +84,7 @@ class EngineConfig(Strict):
     # Engine processes (tops/gpus.py): on GPUs, gpus / tensor_parallel_size of them, each pinned to
     # its own GPUs with CUDA_VISIBLE_DEVICES, sampling a disjoint shard of the problems.
     gpus: int | None = Field(None, ge=0)  # GPUs of this node to use; None: the machine's count
-    gpu_memory_gb: float | None = Field(None, gt=0)  # per GPU, for the memory estimate; None: the machine's
+    gpu_memory_gib: float | None = Field(None, gt=0)  # one GPU, for the memory estimate; None: the machine's
     # How many engine processes: None = as many as the GPUs allow (one on a CPU); on a CPU, set
     # it to run several engine processes over the cores.
     data_parallel_size: int | None = Field(None, ge=1)
