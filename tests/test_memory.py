@@ -7,7 +7,14 @@ import json
 import pytest
 
 from tops.config import EngineConfig, TrainConfig, load_config
-from tops.memory import GIB, ModelShape, flow_estimates, load_shape, sampling_estimate, train_estimate
+from tops.memory import (
+    GIB,
+    ModelShape,
+    flow_estimates,
+    load_shape,
+    sampling_estimate,
+    train_estimate,
+)
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -15,11 +22,11 @@ REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 QWEN7B = {"model_type": "qwen2", "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
           "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
           "tie_word_embeddings": False, "torch_dtype": "bfloat16", "max_position_embeddings": 32768}
-H, I, L, KV, V = 3584, 18944, 28, 4 * 128, 152064
+H, INTER, L, KV, V = 3584, 18944, 28, 4 * 128, 152064
 
 # By hand: q and o 3584x3584, k and v 3584x512, gate/up/down 3584x18944, two norms, q/k/v biases;
 # embeddings and an untied LM head; the final norm.
-PER_LAYER = 2 * H * H + 2 * H * KV + 3 * H * I + 2 * H + (H + 2 * KV)
+PER_LAYER = 2 * H * H + 2 * H * KV + 3 * H * INTER + 2 * H + (H + 2 * KV)
 PARAMS = L * PER_LAYER + 2 * V * H + H
 
 
@@ -43,7 +50,7 @@ def test_full_fine_tune_bf16_on_one_gpu(qwen7b):
     tokens = 4 * 16384
     assert est.parts["weights"] == est.parts["gradients"] == 2 * PARAMS
     assert est.parts["optimizer"] == 4 * PARAMS  # AdamW moments in bf16
-    assert est.parts["activations"] == tokens * L * (20 * H + 4 * KV + 8 * I)
+    assert est.parts["activations"] == tokens * L * (20 * H + 4 * KV + 8 * INTER)
     assert "logits" not in est.parts  # TRL's chunked LM head on a GPU
     # the claim: 7B at max_length 16384, batch 4, cannot fit
     assert est.verdict == "will not fit" and "will not fit" in est.warning
@@ -57,8 +64,11 @@ def test_zero3_shards_weights_gradients_and_optimizer(qwen7b):
     est = train_estimate(shape, cfg, gpu_bytes=80 * GIB)
     assert est.parts["weights"] == est.parts["gradients"] == pytest.approx(2 * PARAMS / 8)
     assert est.parts["optimizer"] == pytest.approx(12 * PARAMS / 8)  # fp32 master + 2 moments
-    # checkpointing keeps each layer's input (fp32 residual stream) plus one layer recomputed
-    assert est.parts["activations"] == 16384 * (L * 4 * H + 20 * H + 4 * KV + 8 * I)
+    # checkpointing keeps each layer's input (DeepSpeed's bf16 mode: a bf16 residual stream) plus one
+    # layer recomputed
+    assert est.parts["activations"] == 16384 * (L * 2 * H + 20 * H + 4 * KV + 8 * INTER)
+    plain = train_estimate(shape, cfg.model_copy(update={"num_processes": 1, "accelerate_config": None}))
+    assert plain.parts["activations"] == 16384 * (L * 4 * H + 20 * H + 4 * KV + 8 * INTER)  # fp32 weights
     assert "autocast copies" not in est.parts
     assert est.verdict == "fits" and est.warning is None
     assert "8 process(es), sharded" in est.line()
@@ -77,7 +87,7 @@ def test_lora_trains_only_the_adapter(qwen7b):
     shape = load_shape(str(qwen7b))
     cfg = TrainConfig(model_dtype="bfloat16", lora={"enabled": True, "r": 16})
     est = train_estimate(shape, cfg)
-    adapter = L * 16 * ((H + H) + 2 * (H + KV) + (H + H) + 2 * (H + I) + (I + H))
+    adapter = L * 16 * ((H + H) + 2 * (H + KV) + (H + H) + 2 * (H + INTER) + (INTER + H))
     assert shape.lora_params(16) == adapter
     assert est.parts["weights"] == 2 * PARAMS + 4 * adapter
     assert est.parts["gradients"] == 4 * adapter and est.parts["optimizer"] == 8 * adapter

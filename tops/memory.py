@@ -117,9 +117,10 @@ def load_shape(model: str) -> ModelShape:
     config_path = path / "config.json"
     if not config_path.exists():
         try:
-            from huggingface_hub import hf_hub_download
+            from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
-            config_path = Path(hf_hub_download(model, "config.json"))
+            cached = try_to_load_from_cache(model, "config.json")
+            config_path = Path(cached) if isinstance(cached, str) else Path(hf_hub_download(model, "config.json"))
         except Exception as exc:
             raise ValueError(f"no config.json for '{model}' ({exc.__class__.__name__})") from None
     return ModelShape.from_config(json.loads(config_path.read_text()))
@@ -224,7 +225,9 @@ def train_estimate(shape: ModelShape, train_cfg, method: str = "sft", gpu_bytes:
     tokens = sequences * train_cfg.max_length
     per_layer = shape.activation_bytes_per_token_layer
     if train_cfg.gradient_checkpointing:
-        residual = 4 if weight_bytes == 4 else 2
+        # the residual stream is in the weights' dtype (DeepSpeed's bf16 mode casts the weights)
+        bf16_weights = weight_bytes == 2 or (_sharded(train_cfg) and _deepspeed(train_cfg) and train_cfg.bf16)
+        residual = 2 if bf16_weights else 4
         parts["activations"] = tokens * (shape.layers * residual * shape.hidden + per_layer)
     else:
         parts["activations"] = tokens * shape.layers * per_layer
