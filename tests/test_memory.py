@@ -6,11 +6,10 @@ import json
 
 import pytest
 
-from tops.config import EngineConfig, TrainConfig, load_config
+from tops.config import EngineConfig, TrainConfig
 from tops.memory import (
     GIB,
     ModelShape,
-    flow_estimates,
     load_shape,
     sampling_estimate,
     train_estimate,
@@ -121,13 +120,3 @@ def test_sampling_weights_split_over_tensor_parallel_and_kv_per_sequence(qwen7b)
 def test_moe_models_are_refused():
     with pytest.raises(ValueError, match="mixture-of-experts"):
         ModelShape.from_config({**QWEN7B, "num_experts": 64})
-
-
-def test_flow_estimates_cover_every_training_and_sampling_stage(qwen7b, tmp_path):
-    cfg = load_config(REPO / "configs" / "qwen7b-gsm8k.yaml",
-                      [f"model.base={qwen7b}", f"seed.teacher={tmp_path / 'nowhere'}", "engine.gpu_memory_gib=80"])
-    lines = [e if isinstance(e, str) else e.line() for e in flow_estimates(cfg)]
-    names = [line.split(":")[0] for line in lines]
-    assert names[0] == "seed" and "memory not estimated" in lines[0]
-    assert {"generate", "train-tag", "train-tops", "eval"} <= set(names)
-    assert all("GiB per GPU" in line for line in lines[1:])

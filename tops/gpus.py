@@ -30,8 +30,9 @@ ROW_KEYS = {
 
 
 def visible_gpus() -> list[str]:
-    """The GPU ids this process may use: CUDA_VISIBLE_DEVICES when set (ids or UUIDs, kept as
-    written so children see the same devices), else torch's count, else `nvidia-smi -L`."""
+    """The GPU ids this process may use, without starting CUDA (a plan imports no torch):
+    CUDA_VISIBLE_DEVICES when set (ids or UUIDs, kept as written so children see the same
+    devices), else `nvidia-smi -L`, else the /dev/nvidiaN device files."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         ids = [d.strip() for d in visible.split(",") if d.strip()]
@@ -42,29 +43,19 @@ def visible_gpus() -> list[str]:
                 break
             valid.append(device)
         return valid
-    count = _torch_gpu_count()
+    count = _nvidia_smi_gpu_count()
     if count is None:
-        count = _nvidia_smi_gpu_count()
+        count = len(list(Path("/dev").glob("nvidia[0-9]*")))
     return [str(i) for i in range(count)]
 
 
-def _torch_gpu_count() -> int | None:
-    try:
-        import torch
-    except ImportError:
-        return None
-    if not torch.version.cuda and not getattr(torch.version, "hip", None):
-        return None  # a CPU build of torch cannot see GPUs, but nvidia-smi can
-    return torch.cuda.device_count()
-
-
-def _nvidia_smi_gpu_count() -> int:
+def _nvidia_smi_gpu_count() -> int | None:
     if shutil.which("nvidia-smi") is None:
-        return 0
+        return None
     try:
         listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=True).stdout
     except (OSError, subprocess.SubprocessError):
-        return 0
+        return None
     return sum(line.startswith("GPU ") for line in listing.splitlines())
 
 
@@ -177,5 +168,6 @@ def merge_parts(parts: Sequence[pd.DataFrame], kind: str, problem_order: Sequenc
 
 
 def part_paths(out: Path, count: int) -> list[Path]:
-    """Where engine `i` of `count` writes its part of `out` (stable, so a rerun resumes each part)."""
+    """Where engine `i` of `count` writes its part of `out` (stable, so a rerun keeps a finished
+    part: `out` is named by the fingerprint of the stage's work)."""
     return [out.with_name(f"{out.stem}.part{i}of{count}{out.suffix}") for i in range(count)]

@@ -22,6 +22,7 @@ peak on an H200 (/work/shared/reference/environment.md): read it as a lower boun
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -284,45 +285,31 @@ def gpu_memory_bytes(engine_cfg) -> float | None:
     return None
 
 
-def flow_estimates(cfg) -> list[Estimate | str]:
-    """One estimate per training and sampling stage of the TOPS loop for this TopsConfig (a
-    line saying why, where the model's config.json cannot be read)."""
-    gpu_bytes = gpu_memory_bytes(cfg.engine)
-    shapes: dict[str, ModelShape | str] = {}
+@functools.cache
+def _shape_or_reason(model: str) -> ModelShape | str:
+    try:
+        return load_shape(_local_model(model))
+    except (ValueError, KeyError) as exc:
+        return f"not estimated: {exc}"
 
-    def shape_of(model: str) -> ModelShape | str:
-        if model not in shapes:
-            try:
-                shapes[model] = load_shape(_local_model(model))
-            except (ValueError, KeyError) as exc:
-                shapes[model] = f"memory not estimated for '{model}': {exc}"
-        return shapes[model]
 
-    stages: list[tuple[str, str, object]] = []
-    if cfg.seed.teacher != "arith":
-        stages.append(("seed", cfg.seed.teacher, ("sample", cfg.seed.engine)))
-    stages.append(("generate", cfg.model.base, ("sample", cfg.engine)))
-    flow = cfg.flow
-    trained = ["tag", "tops", *(["random"] if flow.random_baseline else [])]
-    if flow.iterations:
-        trained.append("iter_dpo" if flow.iter_method == "dpo" else "iter_sft")
-    for stage in trained:
-        method = "dpo" if stage == "iter_dpo" else "sft"
-        stages.append((f"train-{stage}", cfg.model.base, ("train", method, cfg.train_config(stage))))
-    stages.append(("eval", cfg.model.base, ("sample", cfg.engine)))
-    estimates: list[Estimate | str] = []
-    for name, model, how in stages:
-        shape = shape_of(model)
-        if isinstance(shape, str):
-            estimates.append(f"{name}: {shape}")
-        elif how[0] == "sample":
-            if how[1].kind == "openai":
-                estimates.append(f"{name}: served by {how[1].base_url} (no local GPU memory)")
-            else:
-                estimates.append(sampling_estimate(shape, how[1], gpu_memory_bytes(how[1]) or gpu_bytes, name))
-        else:
-            estimates.append(train_estimate(shape, how[2], how[1], gpu_bytes, name))
-    return estimates
+def estimate_line(cfg, stage: str, *, train: bool = False, method: str = "sft", engine=None,
+                  model: str | None = None) -> tuple[str, str | None]:
+    """(the plan's memory note for one stage, a warning when it will not or may not fit). A
+    training stage reads cfg.train; a sampling stage `engine` (cfg.engine by default)."""
+    shape = _shape_or_reason(model or cfg.model.base)
+    if isinstance(shape, str):
+        return shape, None
+    engine = engine or cfg.engine
+    if not train and engine.kind == "openai":
+        return f"served by {engine.base_url}", None
+    gpu_bytes = gpu_memory_bytes(engine) or gpu_memory_bytes(cfg.engine)
+    estimate = (train_estimate(shape, cfg.train, method, gpu_bytes, stage) if train
+                else sampling_estimate(shape, engine, gpu_bytes, stage))
+    line = estimate.line().split(": ", 1)[1]
+    if gpu_bytes is None:
+        line += "; GPU memory unknown here (engine.gpu_memory_gib), fit not checked"
+    return line, estimate.warning
 
 
 def _local_model(name: str) -> str:
