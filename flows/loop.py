@@ -61,6 +61,7 @@ class Sharded:
     problems: str
     engine: EngineConfig
     model: str
+    every_problem: bool = True  # False: a problem may have no row (seed data keeps those passing its rules)
 
 
 class Loop:
@@ -154,7 +155,8 @@ class Loop:
             step = self._plan_step(name, args, cfg, train, plan, sharded, method)
         if plan is not None and plan.size > 1:
             return self.call(sharded_task, name, section, inputs, step=step, cfg=cfg, stage=name, args=args,
-                             plan=plan, kind=sharded.kind, problems=sharded.problems)
+                             plan=plan, kind=sharded.kind, problems=sharded.problems,
+                             every_problem=sharded.every_problem)
         return self.call(train_task if train else child_task, name, section, inputs, folder=folder, step=step,
                          cfg=cfg, stage=name, args=args)
 

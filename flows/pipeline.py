@@ -207,7 +207,7 @@ def loop_stages(loop: Loop) -> dict:
     seed = None  # native efforts need seed data only for select.add_seed_low
     if not cfg.efforts.native or cfg.select.add_seed_low:
         teacher = None if cfg.seed.teacher == "arith" else Sharded("samples", seed_problems, cfg.seed.engine,
-                                                                   cfg.seed.teacher)
+                                                                   cfg.seed.teacher, every_problem=False)
         seed = loop.child("seed", config_section(cfg, "seed", "efforts"), {"problems": seed_problems, "base": base},
                           ["seed", "--in", seed_problems], cfg, sharded=teacher)
         loop.publish(names.SEED, seed)

@@ -56,7 +56,7 @@ def _write_config(cfg: TopsConfig, out: str | Path) -> None:
 
 
 def run_sharded(name: str, args: list[str], cfg: TopsConfig, out: str, plan: ShardPlan, kind: str,
-                problems: str) -> None:
+                problems: str, every_problem: bool = True) -> None:
     """One child per engine group of `plan`, each `--shard i/N` of the problems with its group's
     environment (CUDA_VISIBLE_DEVICES), all at once; their parts merged into `out` with exactly one
     row per key. A part left complete by a killed run is kept."""
@@ -71,8 +71,13 @@ def run_sharded(name: str, args: list[str], cfg: TopsConfig, out: str, plan: Sha
     logger = get_run_logger()
     for done in launch(commands, log=lambda who, line: logger.info(f"[{who}] {line}")):
         _raise_for(done)
+    import pyarrow.parquet as pq
+
     order = read_artifact(problems, "problems")["problem_id"].tolist()
-    write_artifact(merge_parts([read_artifact(p, kind) for p in parts], kind, order), out, kind)
+    filled = [read_artifact(p, kind) for p in parts if pq.read_metadata(p).num_rows]
+    if not filled:
+        raise UserError(f"no rows from any of the {plan.size} engine processes")
+    write_artifact(merge_parts(filled, kind, order, every_problem=every_problem), out, kind)
     for part in parts:
         part.unlink()
 
@@ -156,9 +161,9 @@ def child_task(cfg: TopsConfig, key: str, out: str, run_dir: str, stage: str, ar
 
 @task(name="stage", **CACHED)
 def sharded_task(cfg: TopsConfig, key: str, out: str, run_dir: str, stage: str, args: list[str], plan: ShardPlan,
-                 kind: str, problems: str) -> str:
+                 kind: str, problems: str, every_problem: bool = True) -> str:
     """A sampling stage on every engine group of the node (tops.gpus), merged."""
-    run_sharded(stage, args, cfg, out, plan, kind, problems)
+    run_sharded(stage, args, cfg, out, plan, kind, problems, every_problem)
     return out
 
 

@@ -122,3 +122,35 @@ def test_merge_refuses_a_duplicate_or_a_missing_problem():
         merge_parts([part, part], "samples", problems["problem_id"].tolist()[:2])
     with pytest.raises(RuntimeError, match="no row"):
         merge_parts([part], "samples", problems["problem_id"].tolist())
+
+
+def test_merge_of_seed_data_allows_problems_without_rows():
+    problems = _problems(4)
+    part = _samples(problems.iloc[[0, 2]])
+    merged = merge_parts([part], "samples", problems["problem_id"].tolist(), every_problem=False)
+    assert merged["problem_id"].drop_duplicates().tolist() == ["p0", "p2"]
+
+
+def test_seed_shards_give_the_seed_data_of_one_process(tmp_path, tiny_model_dir):
+    from tops.artifacts import read_artifact, write_artifact
+    from tops.config import load_config
+    from tops.domains import load_problems
+    from tops.stages import run_seed
+
+    cfg = load_config(None, [f"model.base={tiny_model_dir}", "seed.min_gap_tokens=5"])
+    problems = tmp_path / "problems.parquet"
+    write_artifact(load_problems(cfg.problems, n=9), problems, "problems")
+    run_seed(cfg, tmp_path / "whole.parquet", problems_path=problems, base_model=str(tiny_model_dir))
+    parts = []
+    for i in range(2):
+        run_seed(cfg, tmp_path / f"part{i}.parquet", problems_path=problems, base_model=str(tiny_model_dir),
+                 shard=(i, 2))
+        parts.append(read_artifact(tmp_path / f"part{i}.parquet", "samples"))
+    order = read_artifact(problems, "problems")["problem_id"].tolist()
+    merged = merge_parts(parts, "samples", order, every_problem=False)
+    whole = read_artifact(tmp_path / "whole.parquet", "samples")
+    keys = ["problem_id", "effort", "response", "n_tokens"]
+    assert len(whole) > 0
+    # the rules sort by problem id, one process or several
+    pd.testing.assert_frame_equal(merged[keys].sort_values(keys[:2], ignore_index=True),
+                                  whole[keys].sort_values(keys[:2], ignore_index=True))

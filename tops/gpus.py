@@ -146,10 +146,12 @@ def shard_frame(problems: pd.DataFrame, index: int, count: int) -> pd.DataFrame:
     return problems.iloc[index::count].reset_index(drop=True)
 
 
-def merge_parts(parts: Sequence[pd.DataFrame], kind: str, problem_order: Sequence[str]) -> pd.DataFrame:
+def merge_parts(parts: Sequence[pd.DataFrame], kind: str, problem_order: Sequence[str],
+                every_problem: bool = True) -> pd.DataFrame:
     """The shards' rows as one artifact, in the order one engine would have written them
-    (problem order, then each problem's rows as its engine wrote them). A key that appears twice
-    or a problem with no row is a bug in the plan, never merged silently."""
+    (problem order, then each problem's rows as its engine wrote them). A key that appears twice,
+    or a problem with no row where every problem should have some, is a bug in the plan, never
+    merged silently. (Seed data keeps only the problems that pass its rules: every_problem=False.)"""
     merged = pd.concat(list(parts), ignore_index=True)
     keys = list(ROW_KEYS[kind])
     duplicated = merged.duplicated(keys)
@@ -158,7 +160,7 @@ def merge_parts(parts: Sequence[pd.DataFrame], kind: str, problem_order: Sequenc
         raise RuntimeError(f"merging {kind} shards: the row {first} appears in more than one shard")
     position = {pid: i for i, pid in enumerate(problem_order)}
     missing = set(position) - set(merged["problem_id"])
-    if missing:
+    if missing and every_problem:
         raise RuntimeError(f"merging {kind} shards: {len(missing)} problem(s) have no row, e.g. {sorted(missing)[0]}")
     order = merged["problem_id"].map(position)
     if order.isna().any():

@@ -37,20 +37,12 @@ def engine_responses(problems: pd.DataFrame, engine, cfg: SeedConfig, prompts: d
     """k samples per effort from a teacher engine, verified; one correct response per
     (problem, effort) is kept (the first correct sample)."""
     from tops.generate import generate_samples
-
-    samples, _ = generate_samples(problems, engine, teacher_generate_config(cfg), prompts,
-                                  out_dir / "teacher_samples.parquet", model_name=cfg.teacher, progress=True)
-    return first_correct(samples, verify_cfg)
-
-
-def teacher_generate_config(cfg: SeedConfig) -> GenerateConfig:
-    return GenerateConfig(efforts=list(EFFORT_ORDER), n_samples=cfg.samples_per_effort, sampling=cfg.sampling)
-
-
-def first_correct(samples: pd.DataFrame, verify_cfg: VerifyConfig) -> pd.DataFrame:
-    """The teacher's samples verified; the first correct one per (problem, effort) is kept."""
     from tops.verify import verify_samples
 
+    gen_cfg = GenerateConfig(efforts=list(EFFORT_ORDER), n_samples=cfg.samples_per_effort,
+                             sampling=cfg.sampling)
+    samples, _ = generate_samples(problems, engine, gen_cfg, prompts, out_dir / "teacher_samples.parquet",
+                                  model_name=cfg.teacher, progress=True)
     verified, _ = verify_samples(samples, verify_cfg, progress=True)
     correct = verified[verified["correct"]].sort_values(["problem_id", "effort", "sample_idx"])
     return correct.drop_duplicates(["problem_id", "effort"]).drop(columns=["pred", "correct", "verify_status"])

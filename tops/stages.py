@@ -270,7 +270,14 @@ def run_seed(cfg: TopsConfig, out: Path, problems_path: Path | None = None,
                                              _work_dir(out, shard), cfg.verify)
             finally:
                 engine.close()
-        seed, summary = apply_seed_rules(responses, tokenizer, cfg.seed.min_gap_tokens)
+        try:
+            seed, summary = apply_seed_rules(responses, tokenizer, cfg.seed.min_gap_tokens)
+        except UserError:
+            if shard[1] == 1:
+                raise
+            # one shard of several: its problems may all fail the rules while others' pass
+            seed = responses.iloc[:0].assign(n_tokens=pd.Series(dtype="int64"))
+            summary = {"problems_in": int(responses["problem_id"].nunique()), "kept": 0}
         write_artifact(seed, out, "samples")
     record_stage(out, "seed", config=config_section(cfg, "seed"),
                  inputs={"problems": problems_path} if problems_path else None,
