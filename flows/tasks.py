@@ -77,7 +77,12 @@ def run_sharded(name: str, args: list[str], cfg: TopsConfig, out: str, plan: Sha
     filled = [read_artifact(p, kind) for p in parts if pq.read_metadata(p).num_rows]
     if not filled:
         raise UserError(f"no rows from any of the {plan.size} engine processes")
-    write_artifact(merge_parts(filled, kind, order, every_problem=every_problem), out, kind)
+    merged = merge_parts(filled, kind, order, every_problem=every_problem)
+    write_artifact(merged, out, kind)
+    from tops.stages import record_stage
+
+    record_stage(Path(out), args[0], inputs={"problems": problems}, rows=len(merged),
+                 summary={"engines": plan.describe(), "parts": [p.name for p in parts]})
     for part in parts:
         part.unlink()
 

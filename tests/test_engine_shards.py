@@ -78,6 +78,8 @@ def test_flow_on_two_vllm_engines_matches_one_engine(tmp_path, tiny_model_dir):
     # the two engine processes really ran: each left its part's manifest record
     manifest = json.loads((runs["two"] / "stages" / "manifest.json").read_text())
     assert any(".part1of2" in name for name in manifest["stages"]), list(manifest["stages"])
+    merged = [r for name, r in manifest["stages"].items() if name.startswith("generate-") and "part" not in name]
+    assert merged and "2 engine processes" in merged[0]["summary"]["engines"]
     assert not list((runs["two"] / "stages").glob("*.part*of2.parquet"))  # merged, then removed
 
 

@@ -99,9 +99,9 @@ class ShardPlan:
 
     def describe(self) -> str:
         if self.on_gpu:
-            pinned = "; ".join(f"engine {g.index}: GPUs {','.join(g.gpus)}" for g in self.groups)
-            idle = f" ({len(self.idle_gpus)} GPU(s) idle: {','.join(self.idle_gpus)})" if self.idle_gpus else ""
-            return f"{self.size} engine process(es) x {self.gpus_per_engine} GPU(s) — {pinned}{idle}"
+            pinned = " | ".join(",".join(g.gpus) for g in self.groups)
+            idle = f"; {len(self.idle_gpus)} GPU(s) idle: {','.join(self.idle_gpus)}" if self.idle_gpus else ""
+            return f"{self.size} engine process(es) x {self.gpus_per_engine} GPU(s), CUDA_VISIBLE_DEVICES {pinned}{idle}"
         if self.size == 1:
             return "1 engine process on the CPU"
         return f"{self.size} engine processes on the CPU, cores " + " | ".join(
