@@ -44,7 +44,8 @@ def test_parameter_count_matches_the_hand_count_and_the_published_size(qwen7b):
 
 def test_full_fine_tune_bf16_on_one_gpu(qwen7b):
     shape = load_shape(str(qwen7b))
-    cfg = TrainConfig(model_dtype="bfloat16", bf16=True, batch_size=4, max_length=16384, lora={"enabled": False})
+    cfg = TrainConfig(model_dtype="bfloat16", bf16=True, batch_size=4, max_length=16384, lora={"enabled": False},
+                      gradient_checkpointing=False)
     est = train_estimate(shape, cfg, gpu_bytes=80 * GIB)
     tokens = 4 * 16384
     assert est.parts["weights"] == est.parts["gradients"] == 2 * PARAMS
@@ -92,13 +93,32 @@ def test_lora_trains_only_the_adapter(qwen7b):
     assert est.parts["gradients"] == 4 * adapter and est.parts["optimizer"] == 8 * adapter
 
 
-def test_dpo_doubles_the_sequences_and_holds_a_reference(qwen7b):
+def test_dpo_doubles_the_sequences_and_holds_a_reference_on_several_processes(qwen7b):
     shape = load_shape(str(qwen7b))
     cfg = TrainConfig(model_dtype="bfloat16", bf16=True, batch_size=2, max_length=1024, lora={"enabled": False})
     sft, dpo = train_estimate(shape, cfg, "sft"), train_estimate(shape, cfg, "dpo")
     assert dpo.parts["activations"] == 2 * sft.parts["activations"]
-    assert dpo.parts["reference model"] == 2 * PARAMS
+    assert "reference model" not in dpo.parts  # one process: log-probs computed before training
     assert dpo.parts["logits"] == 2 * 2 * 1024 * V * 6
+    zero3 = cfg.model_copy(update={"num_processes": 8,
+                                   "accelerate_config": REPO / "configs" / "accelerate" / "zero3.yaml"})
+    assert train_estimate(shape, zero3, "dpo").parts["reference model"] == pytest.approx(2 * PARAMS / 8)
+
+
+def test_a_token_budget_bounds_the_activations(qwen7b):
+    shape = load_shape(str(qwen7b))
+    cfg = TrainConfig(bf16=True, batch_size=16, max_length=4096, max_tokens_per_batch=8192,
+                      gradient_checkpointing=False, lora={"enabled": False})
+    est = train_estimate(shape, cfg)
+    assert est.parts["activations"] == 8192 * L * (20 * H + 4 * KV + 8 * INTER)  # not 16 x 4096
+    assert "8,192 tokens per micro-batch (the token budget)" in est.line()
+
+
+def test_unset_settings_resolve_as_training_does(qwen7b):
+    shape = load_shape(str(qwen7b))
+    long = train_estimate(shape, TrainConfig(max_length=16384, batch_size=1, lora={"enabled": False}))
+    assert long.parts["activations"] < 16384 * L * (20 * H + 4 * KV + 8 * INTER) / 5  # checkpointing on
+    assert long.parts["weights"] == 4 * PARAMS  # plain AdamW: float32 weights
 
 
 def test_sampling_weights_split_over_tensor_parallel_and_kv_per_sequence(qwen7b):

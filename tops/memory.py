@@ -197,8 +197,12 @@ def _deepspeed(train_cfg) -> bool:
 
 def train_estimate(shape: ModelShape, train_cfg, method: str = "sft", gpu_bytes: float | None = None,
                    stage: str = "train") -> Estimate:
-    """Per-GPU memory of one training stage with this TrainConfig (`method` sft or dpo)."""
-    weight_bytes = _DTYPE_BYTES.get(train_cfg.model_dtype, _DTYPE_BYTES[shape.dtype])
+    """Per-GPU memory of one training stage with this TrainConfig (`method` sft or dpo), with the
+    settings training resolves it to (tops.train.kernels: weights dtype, checkpointing)."""
+    from tops.train.kernels import gradient_checkpointing_for, model_dtype_for
+
+    model_dtype = model_dtype_for(train_cfg)
+    weight_bytes = _DTYPE_BYTES.get(model_dtype, _DTYPE_BYTES[shape.dtype])
     processes = train_cfg.num_processes
     shards = processes if _sharded(train_cfg) else 1
     p = shape.params
@@ -222,10 +226,17 @@ def train_estimate(shape: ModelShape, train_cfg, method: str = "sft", gpu_bytes:
     if weight_bytes == 4 and train_cfg.bf16 and not _sharded(train_cfg):
         parts["autocast copies"] = p * 2  # bf16 casts of the fp32 weights, cached for the step
 
-    sequences = train_cfg.batch_size * (2 if method == "dpo" else 1)  # DPO: chosen + rejected
-    tokens = sequences * train_cfg.max_length
+    # SFT with a token budget: at most that many positions a micro-batch; else batch_size
+    # sequences of max_length (the worst case). DPO: chosen + rejected, no budget.
+    if method == "sft" and train_cfg.max_tokens_per_batch is not None:
+        tokens, batch_note = train_cfg.max_tokens_per_batch, "the token budget"
+    else:
+        sequences = train_cfg.batch_size * (2 if method == "dpo" else 1)
+        tokens = sequences * train_cfg.max_length
+        batch_note = (f"batch {train_cfg.batch_size} x max_length {train_cfg.max_length}"
+                      f"{' x 2 for DPO' if method == 'dpo' else ''}, the worst case")
     per_layer = shape.activation_bytes_per_token_layer
-    if train_cfg.gradient_checkpointing:
+    if gradient_checkpointing_for(train_cfg):
         # the residual stream is in the weights' dtype (DeepSpeed's bf16 mode casts the weights)
         bf16_weights = weight_bytes == 2 or (_sharded(train_cfg) and _deepspeed(train_cfg) and train_cfg.bf16)
         residual = 2 if bf16_weights else 4
@@ -240,11 +251,12 @@ def train_estimate(shape: ModelShape, train_cfg, method: str = "sft", gpu_bytes:
         parts["logits"] = tokens * shape.vocab * 6
     elif train_cfg.fused_lm_head is False:
         parts["logits"] = tokens * shape.vocab * 10
-    if method == "dpo" and not train_cfg.lora.enabled:
+    # DPO's reference: the adapter switched off (LoRA), log-probs computed before training (one
+    # process), else a second model prepared like the policy (tops.train.dpo.reference_of).
+    if method == "dpo" and not train_cfg.lora.enabled and processes > 1:
         parts["reference model"] = p * weight_bytes / shards
     notes.append(f"{processes} process(es), {'sharded (ZeRO-3/FSDP)' if shards > 1 else 'weights on every GPU'}, "
-                 f"{tokens:,} tokens per micro-batch (batch {train_cfg.batch_size} x max_length "
-                 f"{train_cfg.max_length}{' x 2 for DPO' if method == 'dpo' else ''}, the worst case)")
+                 f"{tokens:,} tokens per micro-batch ({batch_note})")
     return Estimate(stage, parts, gpus=processes, gpu_bytes=gpu_bytes, notes=notes)
 
 
