@@ -68,7 +68,8 @@ def run_problems(cfg: TopsConfig, out: Path, n: int | None = None, seed: int | N
     """`exact` (the flow): fewer problems than asked is an error, not a smaller split."""
     with timed() as clock:
         problems = draw_problems(cfg, n, seed, exclude, heldout)
-        wanted = cfg.eval.n_problems if heldout else cfg.problems.n if n is None else n
+        # benchmarks are taken whole (or their own `n`); every other split has a count to meet
+        wanted = (0 if cfg.eval.benchmarks else cfg.eval.n_problems) if heldout else cfg.problems.n if n is None else n
         if exact and len(problems) < wanted:
             raise UserError(f"{wanted} problems asked, the source has only {len(problems)} left after the "
                             "earlier splits")
