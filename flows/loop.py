@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tops.config import TopsConfig
+from tops.config import EngineConfig, TopsConfig
 from tops.errors import UserError
 from tops.flows.cache import is_complete, stage_key
-from tops.flows.tasks import StageFailed, child_command, child_task, train_task
+from tops.flows.tasks import StageFailed, child_command, child_task, sharded_task, train_task
 from tops.layout import RunLayout
 
 PENDING = "TBD"  # a plan's key for an output whose inputs are not made yet
@@ -40,16 +40,28 @@ class PlanStep:
     command: str | None = None
     processes: int = 1
     gpus: int = 0
-    memory: str | None = None  # issue 16: the stage's memory estimate
+    memory: str | None = None  # the stage's expected memory per GPU (tops.memory)
+    warning: str | None = None  # when that will not, or may not, fit the GPUs it gets
     notes: list[str] = field(default_factory=list)
 
 
 def visible_gpus() -> int:
     """GPUs this process may use, without starting CUDA (a plan imports no torch)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
-    return len(list(Path("/dev").glob("nvidia[0-9]*")))
+    from tops.gpus import visible_gpus as gpu_ids
+
+    return len(gpu_ids())
+
+
+@dataclass(frozen=True)
+class Sharded:
+    """A sampling stage the node's engine groups split (tops.gpus): its artifact kind, the problems
+    it splits, the engine it runs and the model whose shape sizes its memory."""
+
+    kind: str
+    problems: str
+    engine: EngineConfig
+    model: str
+    every_problem: bool = True  # False: a problem may have no row (seed data keeps those passing its rules)
 
 
 class Loop:
@@ -131,17 +143,44 @@ class Loop:
             raise StageFailed(f"stage '{name}' failed: {exc.__class__.__name__}: {exc}") from exc
 
     def child(self, name: str, section: dict, inputs: dict[str, str], args: list[str], cfg: TopsConfig, *,
-              train: bool = False, folder: bool = False) -> str:
-        """A heavy stage: `tops <args>` in a child process with `cfg` written beside its output."""
+              train: bool = False, folder: bool = False, sharded: Sharded | None = None,
+              method: str = "sft") -> str:
+        """A heavy stage: `tops <args>` in a child process with `cfg` written beside its output; a
+        `sharded` sampling stage: one child per engine group of the node, merged."""
+        from tops.gpus import shard_plan
+
+        plan = shard_plan(sharded.engine, planning=self.planning) if sharded else None
         step = None
         if self.planning:
-            processes = cfg.train.num_processes if train else 1
-            wanted = processes if train else cfg.engine.tensor_parallel_size if cfg.engine.kind in ("vllm", "hf") else 0
-            gpus = min(wanted, visible_gpus())
-            step = PlanStep(name, {}, "", False, args=args, processes=processes, gpus=gpus,
-                            notes=["accelerate launch"] if train and processes > 1 else [])
+            step = self._plan_step(name, args, cfg, train, plan, sharded, method)
+        if plan is not None and plan.size > 1:
+            return self.call(sharded_task, name, section, inputs, step=step, cfg=cfg, stage=name, args=args,
+                             plan=plan, kind=sharded.kind, problems=sharded.problems,
+                             every_problem=sharded.every_problem)
         return self.call(train_task if train else child_task, name, section, inputs, folder=folder, step=step,
                          cfg=cfg, stage=name, args=args)
+
+    def _plan_step(self, name: str, args: list[str], cfg: TopsConfig, train: bool, plan, sharded: Sharded | None,
+                   method: str) -> PlanStep:
+        """A dry run's step: processes, GPUs and the expected memory per GPU (tops.memory)."""
+        from tops.memory import estimate_line
+
+        notes = []
+        if train:
+            processes = cfg.train.num_processes
+            gpus = min(processes, visible_gpus())
+            notes = ["accelerate launch"] if processes > 1 else []
+        elif plan is not None:
+            processes, gpus = plan.size, plan.size * plan.gpus_per_engine
+            if plan.size > 1 or plan.on_gpu:
+                notes = [plan.describe()]
+        else:
+            processes, gpus = 1, 0
+        memory, warning = estimate_line(cfg, name, train=train, method=method,
+                                        engine=sharded.engine if sharded else None,
+                                        model=sharded.model if sharded else cfg.model.base)
+        return PlanStep(name, {}, "", False, args=args, processes=processes, gpus=gpus, memory=memory, notes=notes,
+                        warning=warning)
 
     def task(self, fn, name: str):
         """The stage task with this run's result storage (its cache records) and retries."""
@@ -170,7 +209,7 @@ class Loop:
 
 
 def format_plan(steps: list[PlanStep], run_dir: Path) -> str:
-    """The dry run's page: one block per stage, in order."""
+    """The dry run's page: one block per stage, in order, then the memory warnings."""
     cached = sum(s.cached for s in steps)
     lines = [f"plan for {run_dir}: {len(steps)} stages, {cached} cached, {len(steps) - cached} to run", ""]
     for i, step in enumerate(steps, start=1):
@@ -183,4 +222,5 @@ def format_plan(steps: list[PlanStep], run_dir: Path) -> str:
         lines.append(f"      out {step.output}")
         if step.command:
             lines.append(f"      $ {step.command}")
+    lines += [f"warning: {s.warning}" for s in steps if s.warning]
     return "\n".join(lines)

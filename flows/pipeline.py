@@ -21,8 +21,15 @@ from prefect import flow, get_run_logger
 
 from tops import layout as names
 from tops.artifacts import read_artifact, write_artifact
-from tops.config import EFFORT_ORDER, GenerateConfig, TopsConfig, config_section, load_config
-from tops.flows.loop import Loop, PlanStep, StageFailed
+from tops.config import (
+    EFFORT_ORDER,
+    GenerateConfig,
+    TopsConfig,
+    config_section,
+    flow_problem_counts,
+    load_config,
+)
+from tops.flows.loop import Loop, PlanStep, Sharded, StageFailed
 from tops.flows.tasks import (
     mask_task,
     merge_task,
@@ -58,14 +65,16 @@ def _sample(loop: Loop, stage: str, model: str, label: str, problems: str, gen: 
     section = {**config_section(cfg, "engine", "efforts"), "generate": gen.model_dump(mode="json")}
     inputs = {"model": model, "problems": problems}
     args = ["generate", "--in", problems, "--model", model, "--label", label, "--quiet"]
-    if shards == 1:
-        return loop.child(stage, section, inputs, args, cfg)
+    if shards == 1:  # on this node: one engine process per GPU group (tops.gpus)
+        return loop.child(stage, section, inputs, args, cfg,
+                          sharded=Sharded("samples", problems, cfg.engine, cfg.model.base))
     if loop.planning:
         parts = [loop.child(f"{stage}-shard{i}", section, inputs, [*args, "--shard", f"{i}/{shards}"], cfg)
                  for i in range(shards)]
     else:
         parts = _run_shards(loop, stage, section, inputs, args, cfg)
-    return loop.call(merge_task, f"{stage}-merge", {}, {f"part{i}": p for i, p in enumerate(parts)}, parts=parts)
+    return loop.call(merge_task, f"{stage}-merge", {}, {f"part{i}": p for i, p in enumerate(parts)}, parts=parts,
+                     problems=problems)
 
 
 def _run_shards(loop: Loop, stage: str, section: dict, inputs: dict, args: list[str], cfg: TopsConfig) -> list[str]:
@@ -122,7 +131,7 @@ def _train(loop: Loop, stage: str, method: str, data: str, data_kind: str, base:
     args = (["train", "dpo", "--pairs", data] if method == "dpo"
             else ["train", "sft", "--data", data, "--kind", data_kind]) + ["--base", base]
     path = loop.child(f"train-{label}", section, {"data": data, "base": base}, args,
-                      cfg.model_copy(update={"train": train_cfg}), train=True, folder=True)
+                      cfg.model_copy(update={"train": train_cfg}), train=True, folder=True, method=method)
     loop.publish(names.model(label), path)
     return path
 
@@ -187,17 +196,20 @@ def loop_stages(loop: Loop) -> dict:
     seed_seed = cfg.run.seed
 
     # 1. problems for every split (disjoint by id) and seed data
-    seed_problems = _problems(loop, "seed", f.seed_problems, seed_seed, [])
-    train_problems = _problems(loop, "train", f.train_problems, seed_seed + 1, [seed_problems])
-    iter_problems = [_problems(loop, names.iteration(k), f.iter_problems, seed_seed + 1 + k,
+    counts = flow_problem_counts(cfg)
+    seed_problems = _problems(loop, "seed", counts["seed"], seed_seed, [])
+    train_problems = _problems(loop, "train", counts["train"], seed_seed + 1, [seed_problems])
+    iter_problems = [_problems(loop, names.iteration(k), counts[names.iteration(k)], seed_seed + 1 + k,
                                [seed_problems, train_problems]) for k in range(1, f.iterations + 1)]
     used = [seed_problems, train_problems, *iter_problems]
     eval_problems = _problems(loop, "eval", None, None, used, heldout=True)
 
     seed = None  # native efforts need seed data only for select.add_seed_low
     if not cfg.efforts.native or cfg.select.add_seed_low:
+        teacher = None if cfg.seed.teacher == "arith" else Sharded("samples", seed_problems, cfg.seed.engine,
+                                                                   cfg.seed.teacher, every_problem=False)
         seed = loop.child("seed", config_section(cfg, "seed", "efforts"), {"problems": seed_problems, "base": base},
-                          ["seed", "--in", seed_problems], cfg)
+                          ["seed", "--in", seed_problems], cfg, sharded=teacher)
         loop.publish(names.SEED, seed)
 
     # 2. format imitation: the tag model follows the effort prompts (native efforts: the base model
@@ -266,7 +278,8 @@ def loop_stages(loop: Loop) -> dict:
             section["native"] = {"template_kwargs": kwargs, "depth": depth}
         eval_parts.append(loop.child(f"eval-{label}", section, {"model": model, "problems": eval_problems},
                                      ["eval", "--model", model, "--label", label, "--problems", eval_problems,
-                                      "--quiet"], eval_cfg))
+                                      "--quiet"], eval_cfg,
+                                     sharded=Sharded("eval", eval_problems, cfg.engine, cfg.model.base)))
     if loop.planning:
         return {"run_dir": str(loop.dir), "plan": loop.plan}
     evals = pd.concat([read_artifact(p, "eval") for p in eval_parts], ignore_index=True)
@@ -339,6 +352,7 @@ def task_runner_for(cfg: TopsConfig):
 def run(config: str | None = None, overrides: list[str] | None = None) -> dict:
     """Validate the config first (exit 2 on error), then run the flow with its task runner."""
     cfg = load_config(config, overrides)
+    flow_problem_counts(cfg)  # conflicting problem counts fail here, before Prefect starts
     return tops_loop.with_options(task_runner=task_runner_for(cfg))(
         config=str(config) if config else None, overrides=list(overrides or []))
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 import yaml
 from prefect import get_run_logger, task
 
@@ -19,6 +18,7 @@ from tops.artifacts import read_artifact, write_artifact
 from tops.config import TopsConfig
 from tops.errors import EXIT_OUT_OF_MEMORY, UserError
 from tops.flows.cache import cache_key
+from tops.gpus import ShardPlan
 from tops.launch import Command, launch, tops_command
 from tops.layout import RunLayout
 from tops.train.common import halve_micro_batch
@@ -43,11 +43,52 @@ def child_command(args: list[str], out: str | Path) -> list[str]:
 def run_child(name: str, args: list[str], cfg: TopsConfig, out: str) -> None:
     """Write the stage's resolved config beside its output, run the stage as a child process with
     its output in this task's log, and turn its exit code into the flow's errors."""
+    _write_config(cfg, out)
+    logger = get_run_logger()
+    [done] = launch([Command(child_command(args, out), name)], log=lambda who, line: logger.info(f"[{who}] {line}"))
+    _raise_for(done)
+
+
+def _write_config(cfg: TopsConfig, out: str | Path) -> None:
     config_path = RunLayout.stage_config(out)
     config_path.parent.mkdir(parents=True, exist_ok=True)
     config_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+def run_sharded(name: str, args: list[str], cfg: TopsConfig, out: str, plan: ShardPlan, kind: str,
+                problems: str, every_problem: bool = True) -> None:
+    """One child per engine group of `plan`, each `--shard i/N` of the problems with its group's
+    environment (CUDA_VISIBLE_DEVICES), all at once; their parts merged into `out` with exactly one
+    row per key. A part left complete by a killed run is kept."""
+    from tops.gpus import merge_parts, part_paths
+
+    _write_config(cfg, out)
+    config = str(RunLayout.stage_config(out))
+    parts = part_paths(Path(out), plan.size)
+    commands = [Command(tops_command(*args, "--shard", f"{g.index}/{plan.size}", "--out", str(part), "--config",
+                                     config), f"{name}[{g.index}]", env=g.env())
+                for g, part in zip(plan.groups, parts, strict=True) if not part.exists()]
     logger = get_run_logger()
-    [done] = launch([Command(child_command(args, out), name)], log=lambda who, line: logger.info(f"[{who}] {line}"))
+    for done in launch(commands, log=lambda who, line: logger.info(f"[{who}] {line}")):
+        _raise_for(done)
+    import pyarrow.parquet as pq
+
+    order = read_artifact(problems, "problems")["problem_id"].tolist()
+    filled = [read_artifact(p, kind) for p in parts if pq.read_metadata(p).num_rows]
+    if not filled:
+        raise UserError(f"no rows from any of the {plan.size} engine processes")
+    merged = merge_parts(filled, kind, order, every_problem=every_problem)
+    write_artifact(merged, out, kind)
+    from tops.stages import record_stage
+
+    record_stage(Path(out), args[0], inputs={"problems": problems}, rows=len(merged),
+                 summary={"engines": plan.describe(), "parts": [p.name for p in parts]})
+    for part in parts:
+        part.unlink()
+
+
+def _raise_for(done) -> None:
+    """A child's exit code as the flow's error: 2 its input, EXIT_OUT_OF_MEMORY, anything else."""
     if done.returncode == 0:
         return
     errors = [line for line in done.tail if line.startswith("error: ")]
@@ -67,7 +108,7 @@ def problems_task(cfg: TopsConfig, key: str, out: str, run_dir: str, n: int | No
                   exclude: list[str], heldout: bool = False) -> str:
     from tops.stages import run_problems
 
-    run_problems(cfg, Path(out), n=n, seed=seed, exclude=[Path(p) for p in exclude], heldout=heldout)
+    run_problems(cfg, Path(out), n=n, seed=seed, exclude=[Path(p) for p in exclude], heldout=heldout, exact=True)
     return out
 
 
@@ -104,10 +145,12 @@ def pairs_task(cfg: TopsConfig, key: str, out: str, run_dir: str, verified: str)
 
 
 @task(name="merge-samples", **CACHED)
-def merge_task(key: str, out: str, run_dir: str, parts: list[str]) -> str:
-    """Engine shards -> one samples artifact (shards are disjoint: every row exactly once)."""
-    merged = pd.concat([read_artifact(p, "samples") for p in parts], ignore_index=True)
-    write_artifact(merged, out, "samples")
+def merge_task(key: str, out: str, run_dir: str, parts: list[str], problems: str) -> str:
+    """Engine shards -> one samples artifact: every row exactly once, in the problems' order."""
+    from tops.gpus import merge_parts
+
+    order = read_artifact(problems, "problems")["problem_id"].tolist()
+    write_artifact(merge_parts([read_artifact(p, "samples") for p in parts], "samples", order), out, "samples")
     return out
 
 
@@ -118,6 +161,14 @@ def merge_task(key: str, out: str, run_dir: str, parts: list[str]) -> str:
 def child_task(cfg: TopsConfig, key: str, out: str, run_dir: str, stage: str, args: list[str]) -> str:
     """Any heavy stage but training: `tops <args> --out <out> --config <out>.yaml` in a child."""
     run_child(stage, args, cfg, out)
+    return out
+
+
+@task(name="stage", **CACHED)
+def sharded_task(cfg: TopsConfig, key: str, out: str, run_dir: str, stage: str, args: list[str], plan: ShardPlan,
+                 kind: str, problems: str, every_problem: bool = True) -> str:
+    """A sampling stage on every engine group of the node (tops.gpus), merged."""
+    run_sharded(stage, args, cfg, out, plan, kind, problems, every_problem)
     return out
 
 

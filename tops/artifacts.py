@@ -138,6 +138,11 @@ def check_columns(table: pa.Table | pd.DataFrame, kind: str, source: str) -> Non
 
 def to_table(df: pd.DataFrame, kind: str) -> pa.Table:
     """Arrow table with the contract's columns first, cast to their exact types."""
+    for name, (expected, nullable) in SCHEMAS[kind].items():
+        # A nullable text column with no value at all (GSM8K has no difficulty) comes back from
+        # pandas records as float NaN: it is a column of nulls, not of numbers.
+        if nullable and expected == STRING and name in df and df[name].dtype.kind == "f" and df[name].isna().all():
+            df = df.assign(**{name: pd.Series([None] * len(df), index=df.index, dtype=object)})
     check_columns(df, kind, f"{kind} artifact")
     table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
     fields = []

@@ -35,6 +35,16 @@ def _config(config: Path | None, sets: list[str] | None):
     return load_config(config, sets)
 
 
+ShardOpt = Annotated[str, typer.Option(help="I/N: only every N-th problem from the I-th (N processes split the work).")]
+
+
+def _shard(shard: str) -> tuple[int, int]:
+    index, _, count = shard.partition("/")
+    if not (index.isdigit() and count.isdigit()):
+        raise UserError(f"--shard {shard!r}: expected I/N, e.g. 0/2")
+    return int(index), int(count)
+
+
 def _out(cfg, out: Path | None, name: str) -> Path:
     return out if out is not None else cfg.run.dir / f"{name}.parquet"
 
@@ -76,18 +86,15 @@ def generate(config: ConfigOpt = None, sets: SetOpt = None,
              out: OutOpt = None,
              model: Annotated[str | None, typer.Option(help="Model alias, folder or Hub id (default: model.base).")] = None,
              label: LabelOpt = None,
-             shard: Annotated[str, typer.Option(help="I/N: only every N-th problem from the I-th (N processes split the work).")] = "0/1",
+             shard: ShardOpt = "0/1",
              quiet: QuietOpt = False):
     """Sample every problem at every effort (resumable: rerun the same command after a kill)."""
     from tops.stages import run_generate
 
     cfg = _config(config, sets)
     path = _out(cfg, out, "samples")
-    index, _, count = shard.partition("/")
-    if not (index.isdigit() and count.isdigit()):
-        raise UserError(f"--shard {shard!r}: expected I/N, e.g. 0/2")
     run_generate(cfg, path, problems_path=in_path, model=model, progress=not quiet, label=label,
-                 shard=(int(index), int(count)))
+                 shard=_shard(shard))
     typer.echo(str(path))
 
 
@@ -175,6 +182,7 @@ def eval_cmd(models: Annotated[list[str], typer.Option("--model", help="Model(s)
              train_data: Annotated[list[Path] | None, typer.Option(help="Problems artifacts used for seed/training: excluded by id, checked for n-gram overlap.")] = None,
              problems_path: Annotated[Path | None, typer.Option("--problems", help="Held-out problems artifact (default: drawn from config).")] = None,
              labels: Annotated[list[str] | None, typer.Option("--label", help="Name of each --model in the `model` column (repeatable, in order).")] = None,
+             shard: ShardOpt = "0/1",
              quiet: QuietOpt = False):
     """Held-out accuracy and tokens per model, effort and difficulty (Markdown table + artifact)."""
     from tops.stages import run_eval
@@ -182,19 +190,20 @@ def eval_cmd(models: Annotated[list[str], typer.Option("--model", help="Model(s)
     cfg = _config(config, sets)
     path = _out(cfg, out, "eval")
     typer.echo(run_eval(cfg, path, models, train_data or [], progress=not quiet, problems_path=problems_path,
-                        labels=labels))
+                        labels=labels, shard=_shard(shard)))
 
 
 @app.command("seed")
 def seed_cmd(config: ConfigOpt = None, sets: SetOpt = None, out: OutOpt = None,
-             in_path: Annotated[Path | None, typer.Option("--in", help="Seed problems (default: draw from config).")] = None):
+             in_path: Annotated[Path | None, typer.Option("--in", help="Seed problems (default: draw from config).")] = None,
+             shard: ShardOpt = "0/1"):
     """Seed data: a teacher answers at every effort; keep all-correct problems, re-order by length,
     keep wide length gaps."""
     from tops.stages import run_seed
 
     cfg = _config(config, sets)
     path = _out(cfg, out, "seed")
-    run_seed(cfg, path, problems_path=in_path)
+    run_seed(cfg, path, problems_path=in_path, shard=_shard(shard))
     typer.echo(str(path))
 
 

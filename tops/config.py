@@ -81,6 +81,13 @@ class EngineConfig(Strict):
     # The server is vLLM: ask for token ids (exact counts) and allow continuing partial answers.
     vllm_extensions: bool = True
     request_timeout_s: float = Field(600, gt=0)
+    # Engine processes (tops/gpus.py): on GPUs, gpus / tensor_parallel_size of them, each pinned to
+    # its own GPUs with CUDA_VISIBLE_DEVICES, sampling a disjoint shard of the problems.
+    gpus: int | None = Field(None, ge=0)  # GPUs of this node to use; None: the machine's count
+    gpu_memory_gib: float | None = Field(None, gt=0)  # one GPU, for the memory estimate; None: the machine's
+    # How many engine processes: None = as many as the GPUs allow (one on a CPU); on a CPU, set
+    # it to run several engine processes over the cores.
+    data_parallel_size: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _openai_needs_url(self) -> EngineConfig:
@@ -511,7 +518,9 @@ TRAIN_STAGES = ("tag", "tops", "random", "iter_sft", "iter_dpo")
 
 class FlowConfig(Strict):
     seed_problems: int = Field(60, ge=1)
-    train_problems: int = Field(120, ge=1)
+    # The problems the tag model samples at every effort. None: problems.n, the same count a
+    # standalone `tops problems` draws (see flow_problem_counts).
+    train_problems: int | None = Field(None, ge=1)
     iter_problems: int = Field(60, ge=1)
     iterations: int = Field(1, ge=0)
     iter_method: Literal["sft", "dpo"] = "sft"
@@ -590,6 +599,22 @@ class TopsConfig(Strict):
         """`train` with the stage's overrides from flow.train_overrides applied."""
         merged = {**self.train.model_dump(), **self.flow.train_overrides.get(stage, {})}
         return TrainConfig.model_validate(merged)
+
+
+def flow_problem_counts(cfg: TopsConfig) -> dict[str, int]:
+    """Problems the flow draws per split, each exactly (a source with fewer left is an error).
+    The training split is flow.train_problems, or problems.n when that is unset; a config that
+    sets both to different numbers is refused instead of one silently winning."""
+    train = cfg.flow.train_problems
+    if train is None:
+        train = cfg.problems.n
+    elif "n" in cfg.problems.model_fields_set and cfg.problems.n != train:
+        raise UserError(f"problems.n ({cfg.problems.n}) and flow.train_problems ({train}) disagree: the flow "
+                        "samples flow.train_problems training problems; drop one of them or make them equal")
+    counts = {"seed": cfg.flow.seed_problems, "train": train}
+    counts.update({f"iter{k}": cfg.flow.iter_problems for k in range(1, cfg.flow.iterations + 1)})
+    counts["eval"] = cfg.eval.n_problems
+    return counts
 
 
 # ---------------------------------------------------------------- loading

@@ -58,6 +58,8 @@ def apply_seed_rules(responses: pd.DataFrame, tokenizer, min_gap_tokens: int) ->
     per_problem = responses.groupby("problem_id")["effort"].nunique()
     complete_ids = per_problem[per_problem == len(EFFORT_ORDER)].index
     complete = responses[responses["problem_id"].isin(complete_ids)]
+    if complete.empty:
+        raise UserError(f"seed: no problem was answered correctly at every effort ({problems_in} problems in)")
 
     complete = complete.rename(columns={"effort": "teacher_effort"}).sort_values(
         ["problem_id", "n_tokens", "teacher_effort"], kind="stable")

@@ -53,10 +53,26 @@ def draw_problems(cfg: TopsConfig, n: int | None = None, seed: int | None = None
     return load_problems(cfg.problems, n=n, seed=seed, exclude=used)
 
 
+def take_shard(problems: pd.DataFrame, shard: tuple[int, int]) -> pd.DataFrame:
+    """Shard (i, n) of the problems (tops.gpus.shard_frame): n processes split the work."""
+    from tops.gpus import shard_frame
+
+    index, count = shard
+    if not 0 <= index < count:
+        raise UserError(f"--shard {index}/{count}: expected I/N with 0 <= I < N")
+    return shard_frame(problems, index, count)
+
+
 def run_problems(cfg: TopsConfig, out: Path, n: int | None = None, seed: int | None = None,
-                 exclude: Sequence[Path] = (), heldout: bool = False) -> pd.DataFrame:
+                 exclude: Sequence[Path] = (), heldout: bool = False, exact: bool = False) -> pd.DataFrame:
+    """`exact` (the flow): fewer problems than asked is an error, not a smaller split."""
     with timed() as clock:
         problems = draw_problems(cfg, n, seed, exclude, heldout)
+        # benchmarks are taken whole (or their own `n`); every other split has a count to meet
+        wanted = (0 if cfg.eval.benchmarks else cfg.eval.n_problems) if heldout else cfg.problems.n if n is None else n
+        if exact and len(problems) < wanted:
+            raise UserError(f"{wanted} problems asked, the source has only {len(problems)} left after the "
+                            "earlier splits")
         write_artifact(problems, out, "problems")
     record_stage(out, "problems", config={**config_section(cfg, "problems"), "n": len(problems), "seed": seed,
                                           "heldout": heldout},
@@ -74,10 +90,8 @@ def run_generate(cfg: TopsConfig, out: Path, problems_path: Path | None = None, 
     from tops.models import resolve_model
 
     index, count = shard
-    if not 0 <= index < count:
-        raise UserError(f"--shard {index}/{count}: expected I/N with 0 <= I < N")
     problems = read_artifact(problems_path, "problems") if problems_path is not None else draw_problems(cfg)
-    problems = problems.iloc[index::count].reset_index(drop=True)
+    problems = take_shard(problems, shard)
     if problems.empty:
         raise UserError(f"{problems_path or 'problems'}: no rows (empty input)")
     check_output_free(out)  # a second writer of this output fails now, before a model loads
@@ -236,13 +250,14 @@ def _exit_out_of_memory(out: Path) -> None:
 
 
 def run_seed(cfg: TopsConfig, out: Path, problems_path: Path | None = None,
-             base_model: str | None = None) -> dict:
-    """Seed data from the configured teacher, with the paper's rules (tops.seed)."""
+             base_model: str | None = None, shard: tuple[int, int] = (0, 1)) -> dict:
+    """Seed data from the configured teacher, with the paper's rules (tops.seed), which look at
+    one problem at a time: `shard` (i, n) lets n teacher processes split the problems."""
     from tops.models import load_tokenizer, resolve_model
     from tops.seed import apply_seed_rules, engine_responses, programmatic_responses
 
-    problems = (read_artifact(problems_path, "problems") if problems_path
-                else draw_problems(cfg, n=cfg.flow.seed_problems))
+    problems = take_shard(read_artifact(problems_path, "problems") if problems_path
+                          else draw_problems(cfg, n=cfg.flow.seed_problems), shard)
     tokenizer = load_tokenizer(base_model or resolve_model(cfg.model.base))
     with timed() as clock:
         if cfg.seed.teacher == "arith":
@@ -252,10 +267,18 @@ def run_seed(cfg: TopsConfig, out: Path, problems_path: Path | None = None,
 
             engine = make_engine(resolve_model(cfg.seed.teacher), cfg.seed.engine)
             try:
-                responses = engine_responses(problems, engine, cfg.seed, cfg.efforts.prompts, out.parent, cfg.verify)
+                responses = engine_responses(problems, engine, cfg.seed, cfg.efforts.prompts,
+                                             _work_dir(out, shard), cfg.verify)
             finally:
                 engine.close()
-        seed, summary = apply_seed_rules(responses, tokenizer, cfg.seed.min_gap_tokens)
+        try:
+            seed, summary = apply_seed_rules(responses, tokenizer, cfg.seed.min_gap_tokens)
+        except UserError:
+            if shard[1] == 1:
+                raise
+            # one shard of several: its problems may all fail the rules while others' pass
+            seed = responses.iloc[:0].assign(n_tokens=pd.Series(dtype="int64"))
+            summary = {"problems_in": int(responses["problem_id"].nunique()), "kept": 0}
         write_artifact(seed, out, "samples")
     record_stage(out, "seed", config=config_section(cfg, "seed"),
                  inputs={"problems": problems_path} if problems_path else None,
@@ -264,10 +287,18 @@ def run_seed(cfg: TopsConfig, out: Path, problems_path: Path | None = None,
     return summary
 
 
+def _work_dir(out: Path, shard: tuple[int, int]) -> Path:
+    """Where a stage keeps its intermediate samples: beside its output, in a folder of its own
+    when it is one shard of several (shards of one stage share the output folder)."""
+    return out.parent if shard[1] == 1 else out.parent / f"{out.stem}.work"
+
+
 def run_eval(cfg: TopsConfig, out: Path, models: list[str], train_problems: list[Path],
-             progress: bool = True, problems_path: Path | None = None, labels: list[str] | None = None) -> str:
+             progress: bool = True, problems_path: Path | None = None, labels: list[str] | None = None,
+             shard: tuple[int, int] = (0, 1)) -> str:
     """Evaluate models on held-out problems (a problems artifact, else drawn here); returns the
-    Markdown table. `labels` name the models in the `model` column (default: their folder names)."""
+    Markdown table. `labels` name the models in the `model` column (default: their folder names);
+    `shard` (i, n) evaluates every n-th problem from the i-th."""
     from tops.engines import make_engine
     from tops.evaluate import contamination, evaluate_model, markdown_table
     from tops.models import resolve_model
@@ -276,8 +307,8 @@ def run_eval(cfg: TopsConfig, out: Path, models: list[str], train_problems: list
     if labels and len(labels) != len(models):
         raise UserError(f"--label: {len(labels)} labels for {len(models)} models (give one per --model, or none)")
     used = [read_artifact(p, "problems") for p in train_problems]
-    problems = (read_artifact(problems_path, "problems") if problems_path is not None
-                else draw_problems(cfg, exclude=train_problems, heldout=True))
+    problems = take_shard(read_artifact(problems_path, "problems") if problems_path is not None
+                          else draw_problems(cfg, exclude=train_problems, heldout=True), shard)
     resolved = [resolve_model(m) for m in models]  # every name checked before any engine starts
     frames = []
     with timed() as clock:
@@ -285,9 +316,9 @@ def run_eval(cfg: TopsConfig, out: Path, models: list[str], train_problems: list
             engine = make_engine(model, cfg.engine)
             try:
                 frames.append(evaluate_model(problems, engine, label, cfg.eval.efforts, cfg.eval.seeds,
-                                             cfg.eval.sampling, cfg.efforts.prompts, cfg.verify, out.parent,
-                                             progress=progress, template_kwargs=cfg.efforts.template_kwargs,
-                                             depth=cfg.generate.depth))
+                                             cfg.eval.sampling, cfg.efforts.prompts, cfg.verify,
+                                             _work_dir(out, shard), progress=progress,
+                                             template_kwargs=cfg.efforts.template_kwargs, depth=cfg.generate.depth))
             finally:
                 engine.close()
         evals = pd.concat(frames, ignore_index=True)
