@@ -25,6 +25,7 @@ def test_qwen7b_config_asks_for_the_paper_setup():
     cfg = load_config(QWEN7B)
     assert cfg.seed.teacher == "Qwen/QwQ-32B-Preview"  # a model answering under the effort prompts
     assert cfg.problems.source.kind == "hf" and cfg.problems.source.split == "train"
+    assert [(b.name, b.n) for b in cfg.eval.benchmarks] == [("gsm8k", 500)]  # the preset is the test split
     counts = flow_problem_counts(cfg)
     assert counts["train"] == cfg.problems.n == 4000
     assert counts["seed"] + counts["train"] + counts["iter1"] <= GSM8K_TRAIN_ROWS
@@ -118,6 +119,7 @@ def test_qwen7b_config_runs_end_to_end_on_cpu(tmp_path, tiny_model_dir):
 
     train_file = _write_gsm8k(tmp_path / "gsm8k-train.jsonl", _gsm8k_rows(30, seed=1))
     source = f"{{kind: file, path: {train_file}, answer_format: gsm8k}}"
+    test_file = _write_gsm8k(tmp_path / "gsm8k-test.jsonl", _gsm8k_rows(6, seed=2))
     overrides = [
         # the tiny model instead of Qwen2.5-7B and QwQ-32B-Preview, on the CPU
         f"model.base={tiny_model_dir}", "engine.kind=hf", "engine.dtype=float32", "engine.max_model_len=512",
@@ -128,6 +130,8 @@ def test_qwen7b_config_runs_end_to_end_on_cpu(tmp_path, tiny_model_dir):
         # GSM8K's own format from local files, at CPU scale
         f"problems.source={source}", "problems.n=10", "flow.seed_problems=6", "flow.iter_problems=6",
         "flow.iter_samples=2", "eval.n_problems=6", f"run.root={tmp_path / 'runs'}",
+        # held out from a different source: the GSM8K preset over a local file in its test layout
+        f"eval.benchmarks=[{{name: gsm8k, path: {test_file}}}]",
     ]
     cfg = load_config(QWEN7B, overrides)
     # the teacher knows the seed split's problems (the flow draws it with run.seed)
@@ -143,6 +147,8 @@ def test_qwen7b_config_runs_end_to_end_on_cpu(tmp_path, tiny_model_dir):
     counts = {name: len(read_artifact(run / f"problems/{name}.parquet", "problems"))
               for name in ("seed", "train", "iter1", "eval")}
     assert counts == {"seed": 6, "train": 10, "iter1": 6, "eval": 6}
+    held_out = read_artifact(run / "problems/eval.parquet", "problems")
+    assert held_out["problem_id"].str.startswith("gsm8k/").all() and set(held_out["benchmark"]) == {"gsm8k"}
     seed = read_artifact(run / "seed.parquet", "samples")
     assert len(seed) > 0 and set(seed["effort"]) == {"low", "medium", "high"}
     samples = read_artifact(run / "samples.parquet", "samples")

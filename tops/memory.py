@@ -121,10 +121,31 @@ def load_shape(model: str) -> ModelShape:
             from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
             cached = try_to_load_from_cache(model, "config.json")
-            config_path = Path(cached) if isinstance(cached, str) else Path(hf_hub_download(model, "config.json"))
+            config_path = Path(cached) if isinstance(cached, str) else Path(_download_quietly(model))
         except Exception as exc:
             raise ValueError(f"no config.json for '{model}' ({exc.__class__.__name__})") from None
     return ModelShape.from_config(json.loads(config_path.read_text()))
+
+
+def _download_quietly(model: str) -> str:
+    """One small file from the Hub, without five logged retries when the Hub cannot be reached
+    (an offline plan should say "not estimated" at once, not after half a minute of warnings)."""
+    import logging
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, hf_hub_download
+
+    if constants.HF_HUB_OFFLINE:
+        raise OSError("HF_HUB_OFFLINE is set")
+    socket.getaddrinfo(urlparse(constants.ENDPOINT).hostname, 443)  # fails at once offline
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)
+    try:
+        return hf_hub_download(model, "config.json")
+    finally:
+        hub_log.setLevel(level)
 
 
 @dataclass
