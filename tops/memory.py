@@ -118,7 +118,7 @@ def load_shape(model: str) -> ModelShape:
     config_path = path / "config.json"
     if not config_path.exists():
         try:
-            from huggingface_hub import hf_hub_download, try_to_load_from_cache
+            from huggingface_hub import try_to_load_from_cache
 
             cached = try_to_load_from_cache(model, "config.json")
             config_path = Path(cached) if isinstance(cached, str) else Path(_download_quietly(model))
