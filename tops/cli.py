@@ -304,6 +304,15 @@ def export(run: Annotated[str, typer.Option("--run", help="Run folder, or a run 
     typer.echo(format_result(result))
 
 
+@app.command("rounds")
+def rounds_cmd(run: Annotated[str, typer.Argument(help="Run folder, or a run name under data/runs.")]):
+    """The rounds of a run folder: parent, inputs, latest model, held-out accuracy and tokens per round."""
+    from tops.hub import resolve_run_dir
+    from tops.rounds import rounds_text
+
+    typer.echo(rounds_text(resolve_run_dir(run)))
+
+
 def main(argv: list[str] | None = None) -> None:
     from tops.launch import exit_with_parent
 
