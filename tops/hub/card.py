@@ -255,7 +255,7 @@ def _effort_prompts(dicts: dict[str, Any], config: dict) -> dict[str, str]:
 
 
 def dataset_card(plan: ExportPlan, dicts: dict[str, Any], facts: dict[str, dict], repo_id: str, *,
-                 license: str = DEFAULT_LICENSE, redact: Iterable[str] = ()) -> str:
+                 license: str = DEFAULT_LICENSE, redact: Iterable[str] = (), history: str = "") -> str:
     """README.md: YAML metadata (configs, dataset_info, license, task, tags, size) + description."""
     from datasets import DatasetInfo, SplitDict, SplitInfo
     from datasets.info import DatasetInfosDict
@@ -288,12 +288,13 @@ def dataset_card(plan: ExportPlan, dicts: dict[str, Any], facts: dict[str, dict]
     manifests = _manifests(plan)
     config_path = plan.run_dir / "config.yaml"
     config_text = config_path.read_text(encoding="utf-8") if config_path.is_file() else None
-    body = _card_body(plan, dicts, facts, repo_id, default, manifests, config_text)
+    body = _card_body(plan, dicts, facts, repo_id, default, manifests, config_text, history)
     return f"---\n{card_data.to_yaml()}\n---\n\n{_scrub(body, redact)}"
 
 
 def _card_body(plan: ExportPlan, dicts: dict[str, Any], facts: dict[str, dict], repo_id: str,
-               default: str, manifests: dict[str, dict], config_text: str | None) -> str:
+               default: str, manifests: dict[str, dict], config_text: str | None, history: str = "") -> str:
+    """`history`: the rounds' section (tops.rounds.history_section), right after the introduction."""
     run_name = plan.run_dir.resolve().name
     lines = [
         f"# TOPS run `{run_name}`", "",
@@ -302,6 +303,7 @@ def _card_body(plan: ExportPlan, dicts: dict[str, Any], facts: dict[str, dict], 
         "efforts (low, medium, high), the answers are verified against the gold answer, and the "
         "shortest correct response per problem is kept as training data, so the model learns "
         "to spend just as many tokens as a problem needs.", "",
+        *([history] if history else []),
         "## Configs and splits", "",
         _md_table(["config", "split", "source file", "rows", "Parquet shards", "Parquet bytes"],
                   [[f"`{c}`", f"`{s}`", f"`{plan.configs[c][s].rel}`", f["rows"], f["shards"],

@@ -26,6 +26,8 @@ from tops.hub.collect import (
     write_parquet,
 )
 
+ROUNDS_PLOT = "rounds.png"  # accuracy and mean tokens per round, shown in the card
+
 
 @dataclass
 class ExportResult:
@@ -43,11 +45,15 @@ class ExportResult:
 def build_export(plan: ExportPlan, folder: str | Path, repo_id: str, *,
                  license: str = DEFAULT_LICENSE, redact: Iterable[str] = (),
                  max_shard_bytes: int = MAX_SHARD_BYTES) -> list[tuple[str, int]]:
-    """Write the repo's files (Parquet shards + README.md) into `folder`; list (path, bytes)."""
+    """Write the repo's files (Parquet shards + README.md, and the rounds' plot when the run has
+    rounds) into `folder`; list (path, bytes)."""
+    from tops.rounds import history_section
+
     folder = Path(folder)
     dicts = load_datasets(plan)
     facts = write_parquet(dicts, folder, max_shard_bytes)
-    card = dataset_card(plan, dicts, facts, repo_id, license=license, redact=redact)
+    history = history_section(plan.run_dir, folder / ROUNDS_PLOT, ROUNDS_PLOT)
+    card = dataset_card(plan, dicts, facts, repo_id, license=license, redact=redact, history=history)
     (folder / "README.md").write_text(card, encoding="utf-8")
     return list_files(folder)
 
@@ -88,22 +94,25 @@ def _install(tmp: Path, dest: Path) -> None:
 
 
 def push_folder(folder: str | Path, repo_id: str, *, token: str, private: bool = True,
-                hf_api: Callable[..., Any] | None = None, commit_message: str | None = None) -> str:
-    """Create the dataset repo (private unless told otherwise) and upload `folder` in one commit.
+                hf_api: Callable[..., Any] | None = None, commit_message: str | None = None,
+                repo_type: str = "dataset") -> str:
+    """Create the repo (private unless told otherwise) and upload `folder` in one commit.
 
-    Files under data/ that this export does not contain are deleted in the same commit, so an
-    earlier export's shards cannot linger next to the new ones. An existing repo keeps its
-    visibility. Never prints or returns the token.
+    A dataset export's files under data/ that this export does not contain are deleted in the same
+    commit, so an earlier export's shards cannot linger next to the new ones; a model folder goes up
+    without its completion marker and trainer checkpoints. An existing repo keeps its visibility.
+    The Hub is HF_ENDPOINT's when set (read now, not at import). Never prints or returns the token.
     """
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    api = (hf_api or HfApi)(token=token)
+    api = hf_api(token=token) if hf_api else HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
+    files = ({"delete_patterns": ["data/**"]} if repo_type == "dataset"
+             else {"ignore_patterns": [".tops-complete", "checkpoint-*", "checkpoint-*/**"]})
     try:
-        repo = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="dataset",
-                          commit_message=commit_message or "Export TOPS run datasets",
-                          delete_patterns=["data/**"])
+        repo = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type=repo_type,
+                          commit_message=commit_message or "Export TOPS run datasets", **files)
     except HfHubHTTPError as exc:
         status = getattr(exc.response, "status_code", None)
         reason = _scrub(str(exc).split("\n")[0], [token])
@@ -111,7 +120,8 @@ def push_folder(folder: str | Path, repo_id: str, *, token: str, private: bool =
             raise UserError(f"{repo_id}: the Hub refused the token (HTTP {status}); check that it "
                             f"has write access ({reason})") from None
         raise RuntimeError(f"{repo_id}: upload failed: {reason}") from None
-    return str(getattr(repo, "url", None) or f"https://huggingface.co/datasets/{repo_id}")
+    prefix = "datasets/" if repo_type == "dataset" else ""
+    return str(getattr(repo, "url", None) or f"https://huggingface.co/{prefix}{repo_id}")
 
 
 def _get_token() -> str | None:
