@@ -272,9 +272,15 @@ def _run_flow(config: Path | None, sets: list[str] | None) -> dict:
 
     _config(config, sets)  # fail fast, before Prefect starts
     result = run(str(config) if config else None, list(sets or []))
+    if result.get("nothing_new"):  # a later round with nothing to learn from changed nothing
+        typer.echo(result["nothing_new"])
+        return result
     report = Path(result["report"])
     typer.echo(report.read_text())
     typer.echo(f"\nrun folder: {result['run_dir']}\nreport: {report}")
+    if result.get("export_error"):  # every other stage finished; only the export failed
+        print(f"error: {result['export_error']}", file=sys.stderr)
+        raise typer.Exit(1)
     return result
 
 

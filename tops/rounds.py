@@ -28,11 +28,12 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
+from tops import layout
 from tops.artifacts import atomic_write_table, atomic_write_text, read_artifact, write_artifact
 from tops.errors import UserError
 
-ROUNDS_FILE = "rounds.json"
-LEDGER_FILE = Path("rounds") / "problems.parquet"
+ROUNDS_FILE = layout.ROUNDS
+LEDGER_FILE = Path(layout.ROUNDS_LEDGER)
 SEEN = "seen"  # in the source when a round looked, not used by it
 FIRST_ROUND_SEED_STRIDE = 1009  # round k draws with run.seed + k * stride (far from the split seeds)
 
@@ -75,7 +76,7 @@ class RoundPlan:
 
     @property
     def label(self) -> str:
-        return f"iter{self.iteration}"
+        return layout.iteration(self.iteration)
 
 
 def _now() -> str:
@@ -204,7 +205,7 @@ def plan_round(run_dir: str | Path, cfg) -> RoundPlan:
 def start_round(run_dir: str | Path, plan: RoundPlan, method: str) -> Path:
     """Record round k+1 as running with its problems (written to problems/iterK.parquet); returns that path."""
     run_dir = Path(run_dir)
-    path = run_dir / "problems" / f"{plan.label}.parquet"
+    path = run_dir / layout.problems(plan.label)
     assert plan.parent is not None and plan.problems is not None
     if not plan.resumed:
         write_artifact(plan.problems, path, "problems")
@@ -225,7 +226,7 @@ def record_first_round(run_dir: str | Path, problems: dict[str, str], base_model
     ids = {role: read_artifact(path, "problems")["problem_id"].tolist() for role, path in problems.items()}
     ids[SEEN] = list(source_ids or [])
     record = Round(number=1, parent=None, status="running", iteration=iterations,
-                   model_label=f"iter{iterations}" if iterations else "tops",
+                   model_label=layout.iteration(iterations) if iterations else layout.TOPS,
                    problems={role: _rel(path, run_dir) for role, path in problems.items()},
                    start_model=base_model, method=method, started_at=_now())
     _put(run_dir, record)
@@ -315,7 +316,8 @@ def plot_history(table: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
-def history_section(run_dir: str | Path, plot_path: str | Path | None = None, plot_link: str = "rounds.png") -> str:
+def history_section(run_dir: str | Path, plot_path: str | Path | None = None,
+                    plot_link: str = layout.ROUNDS_PLOT) -> str:
     """Markdown for the report and the dataset card: the table, and the plot when `plot_path` is given.
     Empty when the folder has no rounds."""
     table = history(run_dir)

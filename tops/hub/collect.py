@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tops import layout
 from tops.artifacts import check_columns
 from tops.errors import UserError
 
@@ -29,7 +30,7 @@ CONFIG_KINDS: dict[str, tuple[str, ...]] = {
     "eval": ("eval",),
 }
 MAIN_SPLIT = "train"  # the top-level file's split; "test" for eval records
-INTERNAL_DIRS = ("stages", "problems", "models", "exports")  # stage cache, problem splits, model folders,
+INTERNAL_DIRS = ("stages", "problems", "models", layout.EXPORTS)  # stage cache, problem splits, model folders,
 # the export stage's per-round folders
 MAX_SHARD_BYTES = 500 << 20  # as DatasetDict.push_to_hub: in-memory Arrow bytes per shard
 DEFAULT_RUNS_ROOT = Path("data/runs")

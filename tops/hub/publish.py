@@ -18,8 +18,6 @@ from typing import Any
 from tops.errors import UserError
 from tops.hub.upload import _get_token, export_run, push_folder
 
-EXPORTS_DIR = "exports"
-
 
 @dataclass
 class Published:
@@ -38,7 +36,9 @@ def commit_message(record) -> str:
 
 
 def round_folder(run_dir: str | Path, number: int) -> Path:
-    return Path(run_dir) / EXPORTS_DIR / f"round{number}"
+    from tops import layout
+
+    return Path(run_dir) / layout.export_round(number)
 
 
 def export_round(run_dir: str | Path, export_cfg, record, *, hf_api: Any = None) -> Published:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from tops import layout
 from tops.errors import UserError
 from tops.hub.card import DEFAULT_LICENSE, _scrub, dataset_card
 from tops.hub.collect import (
@@ -26,7 +27,7 @@ from tops.hub.collect import (
     write_parquet,
 )
 
-ROUNDS_PLOT = "rounds.png"  # accuracy and mean tokens per round, shown in the card
+ROUNDS_PLOT = layout.ROUNDS_PLOT  # accuracy and mean tokens per round, shown in the card
 
 
 @dataclass
