@@ -60,8 +60,7 @@ def continue_round(loop, plan: rounds.RoundPlan) -> dict:
     evals = pd.concat([earlier[earlier["model"] != plan.label], new_evals], ignore_index=True)
     write_artifact(evals, loop.layout.eval, "eval")
 
-    record = rounds.finish_round(loop.dir, plan.number, latest, evals,
-                                 notes=[f"round {plan.number}: {n}" for n in loop.notes])
+    record = rounds.finish_round(loop.dir, plan.number, latest, evals, notes=loop.notes)
     used = [str(rounds.resolve(loop.dir, path)) for r in rounds.load_rounds(loop.dir)
             for role, path in r.problems.items() if role != "eval"]
     report = _report(loop, evals, list(dict.fromkeys(evals["model"])), str(loop.layout.published(names.SELECTED)),
