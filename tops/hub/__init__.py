@@ -20,14 +20,20 @@ the same features.
 The repo layout is the one `DatasetDict.push_to_hub` writes, so the Hub viewer and
 `datasets.load_dataset(repo_or_folder, config)` read it:
 
-    README.md                                   dataset card (YAML metadata + description)
+    README.md                                   dataset card (YAML metadata + description,
+                                                and the history of rounds when the run has rounds)
     data/<config>/<split>-00000-of-0000N.parquet
+    rounds.png                                  accuracy and mean tokens per round (runs with rounds)
 
 `--local-dir` writes exactly that folder (atomically: a temporary folder renamed into place);
 `--dry-run` builds it in a temporary folder, lists files and sizes, and keeps nothing; otherwise
 it is uploaded with the token from HF_TOKEN or the `hf auth login` cache. The token is never
 printed, the repo is created private unless asked otherwise, and stale `data/` files of an
 earlier export are deleted in the same commit.
+
+Modules, one job each: `collect` (which files, which config and split, the datasets), `card`
+(README.md), `upload` (the folder, locally or pushed), `publish` (the flow's export stage: one
+commit per round).
 """
 
 from tops.hub.card import dataset_card
