@@ -21,6 +21,7 @@ from tops import layout as names
 from tops import rounds
 from tops.artifacts import read_artifact, write_artifact
 from tops.errors import UserError
+from tops.flows.loop import PlanStep
 
 ROUNDS_PLOT = names.ROUNDS_PLOT
 
@@ -34,28 +35,37 @@ def record_first_round(loop, problems: dict[str, str], base: str) -> None:
 
 def nothing_new(loop, plan: rounds.RoundPlan) -> dict:
     """A round with nothing to learn from says so and writes nothing."""
+    from tops.flows.pipeline import _logger
+
     message = (f"round {plan.number}: nothing new to learn from ({plan.nothing_new}); "
                "the run folder was left unchanged")
-    get_run_logger().warning(message)
+    _logger(loop).warning(message)
     return {"run_dir": str(loop.dir), "round": plan.number, "nothing_new": message,
             "report": str(loop.layout.report), "lineage": {}, "stage_minutes": 0.0, "stages": 0,
             "stages_reused": 0}
 
 
 def continue_round(loop, plan: rounds.RoundPlan) -> dict:
-    """Round k+1: one more iteration from round k's recorded latest model, evaluated on round 1's set."""
-    from tops.flows.pipeline import _report, evaluate, iterate
+    """Round k+1: one more iteration from round k's recorded latest model, evaluated on round 1's set.
+    A dry run (`loop.planning`) lists its stages and records nothing."""
+    from tops.flows.pipeline import _logger, _report, evaluate, iterate
 
-    logger = get_run_logger()
     cfg = loop.cfg
-    problems = rounds.start_round(loop.dir, plan, cfg.flow.iter_method)
+    problems = (loop.layout.published(names.problems(plan.label)) if loop.planning
+                else rounds.start_round(loop.dir, plan, cfg.flow.iter_method))
     start = rounds.resolve(loop.dir, plan.parent.model)
-    logger.info(f"round {plan.number}{' (resumed)' if plan.resumed else ''}: {plan.label} from round "
-                f"{plan.parent.number}'s model {start} on {len(plan.problems)} problems")
+    _logger(loop).info(f"round {plan.number}{' (resumed)' if plan.resumed else ''}: {plan.label} from round "
+                       f"{plan.parent.number}'s model {start} on {len(plan.problems)} problems")
     loop.lineage[names.problems(plan.label)] = str(problems)
     latest = iterate(loop, plan.iteration, str(start), plan.parent.model_label, str(problems))
     eval_problems = str(rounds.eval_problems(loop.dir))
-    new_evals = read_artifact(evaluate(loop, plan.label, latest, ["none"], eval_problems), "eval")
+    new_eval = evaluate(loop, plan.label, latest, ["none"], eval_problems)
+    if loop.planning:
+        if cfg.export.repo_id:
+            loop.plan.append(PlanStep(f"export-round{plan.number}", {}, str(loop.dir / names.export_round(plan.number)),
+                                      False))
+        return {"run_dir": str(loop.dir), "plan": loop.plan}
+    new_evals = read_artifact(new_eval, "eval")
     earlier = read_artifact(loop.layout.eval, "eval")
     evals = pd.concat([earlier[earlier["model"] != plan.label], new_evals], ignore_index=True)
     write_artifact(evals, loop.layout.eval, "eval")

@@ -376,7 +376,14 @@ def run(config: str | None = None, overrides: list[str] | None = None) -> dict:
 
 
 def plan(cfg: TopsConfig) -> list[PlanStep]:
-    """Every stage of a run of `cfg` in order, cached or to run; runs and writes nothing."""
+    """Every stage of a run of `cfg` in order, cached or to run; runs and writes nothing. A folder's
+    later round plans that round (flows/campaign.py)."""
     loop = Loop(cfg, planning=True)
-    loop_stages(loop)
+    round_plan = rounds.plan_round(loop.dir, cfg)
+    if round_plan.nothing_new:
+        campaign.nothing_new(loop, round_plan)
+    elif round_plan.number > 1:
+        campaign.continue_round(loop, round_plan)
+    else:
+        loop_stages(loop)
     return loop.plan
