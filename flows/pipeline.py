@@ -20,6 +20,7 @@ import yaml
 from prefect import flow, get_run_logger
 
 from tops import layout as names
+from tops import rounds
 from tops.artifacts import read_artifact, write_artifact
 from tops.config import (
     EFFORT_ORDER,
@@ -29,6 +30,7 @@ from tops.config import (
     flow_problem_counts,
     load_config,
 )
+from tops.flows import campaign
 from tops.flows.loop import Loop, PlanStep, Sharded, StageFailed
 from tops.flows.tasks import (
     mask_task,
@@ -203,6 +205,9 @@ def loop_stages(loop: Loop) -> dict:
                                [seed_problems, train_problems]) for k in range(1, f.iterations + 1)]
     used = [seed_problems, train_problems, *iter_problems]
     eval_problems = _problems(loop, "eval", None, None, used, heldout=True)
+    if not loop.planning:  # round 1 of the folder's campaign: its problems by role
+        campaign.record_first_round(loop, {"seed": seed_problems, "train": train_problems, **{
+            names.iteration(k): p for k, p in enumerate(iter_problems, start=1)}, "eval": eval_problems}, base)
 
     seed = None  # native efforts need seed data only for select.add_seed_low
     if not cfg.efforts.native or cfg.select.add_seed_low:
@@ -239,64 +244,77 @@ def loop_stages(loop: Loop) -> dict:
 
     # 8. iterative self-improvement from the latest model
     latest, latest_label = tops_model, names.TOPS
-    iter_gen = GenerateConfig(efforts=["none"], n_samples=f.iter_samples, shard_size=gen.shard_size,
-                              sampling=gen.sampling)
     for k, problems in enumerate(iter_problems, start=1):
-        it = names.iteration(k)
-        it_samples = _sample(loop, f"generate-{it}", latest, latest_label, problems, iter_gen)
-        it_verified = _verify(loop, f"verify-{it}", it_samples)
-        loop.publish(names.in_iteration(k, names.VERIFIED), it_verified)
-        if not _usable(loop, it_verified):
-            # Nothing to learn from: keep the model rather than fail a long run at its end.
-            wanted = "a preference pair" if f.iter_method == "dpo" else "a correct response"
-            if f.iter_method != "dpo" and cfg.select.min_effort_accuracy:
-                wanted += f" in at least {cfg.select.min_effort_accuracy:.0%} of its samples"
-            loop.notes.append(f"{it}: no problem gave {wanted}; the model was left unchanged")
-            _logger(loop).warning(loop.notes[-1])
-            loop.publish(names.model(it), latest)
-        elif f.iter_method == "dpo":
-            pairs = loop.call(pairs_task, f"pairs-{it}", config_section(cfg, "pairs"), {"verified": it_verified},
-                              cfg=cfg, verified=it_verified)
-            loop.publish(names.in_iteration(k, "pairs.parquet"), pairs)
-            latest = _train(loop, "iter_dpo", "dpo", pairs, "pairs", latest, label=it)
-        else:
-            _, it_masked = _improve(loop, it_verified, None, "shortest", it)
-            loop.publish(names.in_iteration(k, names.MASKED), it_masked)
-            latest = _train(loop, "iter_sft", "sft", it_masked, "masked", latest, label=it)
-        models[it] = (latest, ["none"])
-        latest_label = it
+        latest = iterate(loop, k, latest, latest_label, problems)
+        latest_label = names.iteration(k)
+        models[latest_label] = (latest, ["none"])
 
     # 9. evaluate every model on held-out problems, each in its own process
-    eval_parts = []
-    for label, (model, efforts) in models.items():
-        eval_cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"efforts": efforts})})
-        section = {**config_section(eval_cfg, "eval", "engine", "verify"),
-                   "prompts": {e: cfg.efforts.prompts[e] for e in efforts}}
-        kwargs = {e: cfg.efforts.template_kwargs[e] for e in efforts if e in cfg.efforts.template_kwargs}
-        depth = {e: cfg.generate.depth[e].model_dump(mode="json") for e in efforts if e in cfg.generate.depth}
-        if kwargs or depth:  # only when set, so evaluations of earlier runs keep their keys
-            section["native"] = {"template_kwargs": kwargs, "depth": depth}
-        eval_parts.append(loop.child(f"eval-{label}", section, {"model": model, "problems": eval_problems},
-                                     ["eval", "--model", model, "--label", label, "--problems", eval_problems,
-                                      "--quiet"], eval_cfg,
-                                     sharded=Sharded("eval", eval_problems, cfg.engine, cfg.model.base)))
+    eval_parts = [evaluate(loop, label, model, efforts, eval_problems) for label, (model, efforts) in models.items()]
     if loop.planning:
         return {"run_dir": str(loop.dir), "plan": loop.plan}
     evals = pd.concat([read_artifact(p, "eval") for p in eval_parts], ignore_index=True)
     write_artifact(evals, loop.layout.eval, "eval")
 
-    # 10. report
+    # 10. report, then the round's end: the history of rounds, the export stage (flows/campaign.py)
     report = _report(loop, evals, list(models), selected, eval_problems, used)
     loop.layout.lineage.write_text(json.dumps(loop.lineage, indent=2))
-    minutes, reused = loop.compute_minutes()
-    return {"run_dir": str(loop.dir), "report": str(report), "lineage": loop.lineage,
-            "stage_minutes": round(minutes, 2), "stages": len(loop.steps), "stages_reused": reused}
+    return campaign.finish_first_round(loop, latest, evals, report)
+
+
+def iterate(loop: Loop, k: int, latest: str, latest_label: str, problems: str) -> str:
+    """Self-improvement iteration k from `latest` on `problems` (Iter-SFT or Iter-DPO as configured);
+    returns the new latest model (the same one when no sample gave anything to learn from)."""
+    cfg, f, gen = loop.cfg, loop.cfg.flow, loop.cfg.generate
+    it = names.iteration(k)
+    iter_gen = GenerateConfig(efforts=["none"], n_samples=f.iter_samples, shard_size=gen.shard_size,
+                              sampling=gen.sampling)
+    it_samples = _sample(loop, f"generate-{it}", latest, latest_label, problems, iter_gen)
+    it_verified = _verify(loop, f"verify-{it}", it_samples)
+    loop.publish(names.in_iteration(k, names.VERIFIED), it_verified)
+    if not _usable(loop, it_verified):
+        # Nothing to learn from: keep the model rather than fail a long run at its end.
+        wanted = "a preference pair" if f.iter_method == "dpo" else "a correct response"
+        if f.iter_method != "dpo" and cfg.select.min_effort_accuracy:
+            wanted += f" in at least {cfg.select.min_effort_accuracy:.0%} of its samples"
+        loop.notes.append(f"{it}: no problem gave {wanted}; the model was left unchanged")
+        _logger(loop).warning(loop.notes[-1])
+        loop.publish(names.model(it), latest)
+        return latest
+    if f.iter_method == "dpo":
+        pairs = loop.call(pairs_task, f"pairs-{it}", config_section(cfg, "pairs"), {"verified": it_verified},
+                          cfg=cfg, verified=it_verified)
+        loop.publish(names.in_iteration(k, "pairs.parquet"), pairs)
+        return _train(loop, "iter_dpo", "dpo", pairs, "pairs", latest, label=it)
+    _, it_masked = _improve(loop, it_verified, None, "shortest", it)
+    loop.publish(names.in_iteration(k, names.MASKED), it_masked)
+    return _train(loop, "iter_sft", "sft", it_masked, "masked", latest, label=it)
+
+
+def evaluate(loop: Loop, label: str, model: str, efforts: list[str], eval_problems: str) -> str:
+    """Held-out evaluation of one model in its own process; returns its eval artifact."""
+    cfg = loop.cfg
+    eval_cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"efforts": efforts})})
+    section = {**config_section(eval_cfg, "eval", "engine", "verify"),
+               "prompts": {e: cfg.efforts.prompts[e] for e in efforts}}
+    kwargs = {e: cfg.efforts.template_kwargs[e] for e in efforts if e in cfg.efforts.template_kwargs}
+    depth = {e: cfg.generate.depth[e].model_dump(mode="json") for e in efforts if e in cfg.generate.depth}
+    if kwargs or depth:  # only when set, so evaluations of earlier runs keep their keys
+        section["native"] = {"template_kwargs": kwargs, "depth": depth}
+    return loop.child(f"eval-{label}", section, {"model": model, "problems": eval_problems},
+                      ["eval", "--model", model, "--label", label, "--problems", eval_problems, "--quiet"], eval_cfg,
+                      sharded=Sharded("eval", eval_problems, cfg.engine, cfg.model.base))
 
 
 def run_loop(cfg: TopsConfig) -> dict:
     loop = Loop(cfg)
+    plan = rounds.plan_round(loop.dir, cfg)
+    if plan.nothing_new:  # a later round with nothing to learn from: say so, change nothing
+        return campaign.nothing_new(loop, plan)
     loop.dir.mkdir(parents=True, exist_ok=True)
     loop.layout.config.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    if plan.number > 1:  # a later round of this folder's campaign
+        return campaign.continue_round(loop, plan)
     return loop_stages(loop)
 
 
@@ -358,7 +376,14 @@ def run(config: str | None = None, overrides: list[str] | None = None) -> dict:
 
 
 def plan(cfg: TopsConfig) -> list[PlanStep]:
-    """Every stage of a run of `cfg` in order, cached or to run; runs and writes nothing."""
+    """Every stage of a run of `cfg` in order, cached or to run; runs and writes nothing. A folder's
+    later round plans that round (flows/campaign.py)."""
     loop = Loop(cfg, planning=True)
-    loop_stages(loop)
+    round_plan = rounds.plan_round(loop.dir, cfg)
+    if round_plan.nothing_new:
+        campaign.nothing_new(loop, round_plan)
+    elif round_plan.number > 1:
+        campaign.continue_round(loop, round_plan)
+    else:
+        loop_stages(loop)
     return loop.plan

@@ -272,9 +272,15 @@ def _run_flow(config: Path | None, sets: list[str] | None) -> dict:
 
     _config(config, sets)  # fail fast, before Prefect starts
     result = run(str(config) if config else None, list(sets or []))
+    if result.get("nothing_new"):  # a later round with nothing to learn from changed nothing
+        typer.echo(result["nothing_new"])
+        return result
     report = Path(result["report"])
     typer.echo(report.read_text())
     typer.echo(f"\nrun folder: {result['run_dir']}\nreport: {report}")
+    if result.get("export_error"):  # every other stage finished; only the export failed
+        print(f"error: {result['export_error']}", file=sys.stderr)
+        raise typer.Exit(1)
     return result
 
 
@@ -302,6 +308,15 @@ def export(run: Annotated[str, typer.Option("--run", help="Run folder, or a run 
     result = export_run(run, repo_id, private=private, local_dir=local_dir, dry_run=dry_run,
                         license=license_id)
     typer.echo(format_result(result))
+
+
+@app.command("rounds")
+def rounds_cmd(run: Annotated[str, typer.Argument(help="Run folder, or a run name under data/runs.")]):
+    """The rounds of a run folder: parent, inputs, latest model, held-out accuracy and tokens per round."""
+    from tops.hub import resolve_run_dir
+    from tops.rounds import rounds_text
+
+    typer.echo(rounds_text(resolve_run_dir(run)))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -535,6 +535,11 @@ class FlowConfig(Strict):
     gpus_per_shard: float = Field(0, ge=0)
     retries: int = Field(1, ge=0)
     retry_delay_s: float = Field(5, ge=0)
+    # True: a run of a folder whose loop already finished is the next round of one campaign
+    # (tops/rounds.py): one more self-improvement iteration on problems no earlier round used, from
+    # the latest model. False: a rerun reuses every finished stage. Deployments (`tops serve`,
+    # prefect.yaml) set it.
+    continue_rounds: bool = False
 
     @field_validator("train_overrides")
     @classmethod
@@ -543,6 +548,34 @@ class FlowConfig(Strict):
             if stage not in TRAIN_STAGES:
                 raise ValueError(f"unknown training stage '{stage}' (known: {', '.join(TRAIN_STAGES)})")
         return overrides
+
+
+class ExportConfig(Strict):
+    """Publishing as the run's last stage. No token here: it comes from HF_TOKEN or `hf auth login`."""
+
+    repo_id: str | None = None  # ORG/NAME of the Hub dataset repo; None: no export stage
+    private: bool = True  # visibility of a newly created repo (an existing repo keeps its own)
+    datasets: bool = True  # samples / sft / dpo / eval configs + dataset card with the rounds' history
+    model: bool = False  # also the latest model, to the model repo of the same id
+    license: str = Field("apache-2.0", min_length=1)
+
+    @field_validator("repo_id")
+    @classmethod
+    def _hub_repo_id(cls, repo_id: str | None) -> str | None:
+        if repo_id is None:
+            return None
+        from tops.hub.collect import check_repo_id
+
+        try:
+            return check_repo_id(repo_id)
+        except UserError as exc:
+            raise ValueError(str(exc).removeprefix("--repo-id ")) from None
+
+    @model_validator(mode="after")
+    def _pushes_something(self) -> ExportConfig:
+        if self.repo_id and not (self.datasets or self.model):
+            raise ValueError("export.repo_id is set but neither datasets nor model is pushed")
+        return self
 
 
 class TopsConfig(Strict):
@@ -560,6 +593,7 @@ class TopsConfig(Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     seed: SeedConfig = Field(default_factory=SeedConfig)
     flow: FlowConfig = Field(default_factory=FlowConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
 
     @model_validator(mode="after")
     def _efforts_known(self) -> TopsConfig:

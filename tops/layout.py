@@ -11,6 +11,8 @@ child stage ran with beside it), then publishes the current lineage under stable
     <run>/problems/<split>.parquet, seed.parquet, samples.parquet, verified.parquet, ...
     <run>/iter<k>/{verified,masked,pairs}.parquet, <run>/models/<label>
     <run>/eval.parquet, report.md (+ its plots), lineage.json (published name -> stage output)
+    <run>/rounds.json, rounds/problems.parquet, rounds.png   the campaign's rounds (tops/rounds.py)
+    <run>/exports/round<k>/      what round k's export stage pushed (tops/hub/publish.py)
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ STAGES = "stages"
 CACHE = ".cache"
 MANIFEST = "manifest.json"
 TIMINGS = "timings.json"
+ROUNDS = "rounds.json"
+ROUNDS_LEDGER = "rounds/problems.parquet"
+ROUNDS_PLOT = "rounds.png"
+EXPORTS = "exports"
 
 
 def default_label(model: str | Path) -> str:
@@ -57,6 +63,10 @@ def problems(split: str) -> str:
 
 def model(label: str) -> str:
     return f"models/{label}"
+
+
+def export_round(k: int) -> str:
+    return f"{EXPORTS}/round{k}"
 
 
 def in_iteration(k: int, artifact: str) -> str:
