@@ -37,3 +37,12 @@ def vllm_engine(tiny_model_dir, smoke_config):
     engine = make_engine(str(tiny_model_dir), smoke_config.engine)
     yield engine
     engine.close()
+
+
+@pytest.fixture(scope="module")
+def harness():
+    """One Prefect test server per flow-test module (start-up is ~15 s on 2 cores)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield

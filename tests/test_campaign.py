@@ -26,14 +26,6 @@ SMOKE = REPO / "configs" / "smoke.yaml"
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
-
-
 def _arith_rows(n: int, seed: int, exclude=frozenset()) -> pd.DataFrame:
     from tops.config import ArithLevel, ArithSource
     from tops.domains.arith import make_problems
