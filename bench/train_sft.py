@@ -339,7 +339,8 @@ def steady_main() -> None:
     parser.add_argument("--max-tokens", type=int, default=None, help="tops micro-batch budget (4 x max-length)")
     parser.add_argument("--batch-size", type=int, default=4, help="plain TRL's batch")
     parser.add_argument("--contenders", default="plain,tops,tops-per-sequence",
-                        help="comma-separated, of plain, tops, tops-per-sequence, tops-no-checkpointing")
+                        help="comma-separated, of plain, tops, tops-per-sequence, tops-length-grouped, tops-flex, "
+                             "tops-no-checkpointing")
     parser.add_argument("--out", type=Path, default=None, help="write the figures here as JSON")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     args = parser.parse_args()
@@ -370,6 +371,8 @@ def steady_main() -> None:
         cfgs = {"plain": TrainConfig(**base, batch_size=args.batch_size, packing=False),
                 "tops": TrainConfig(**base, max_tokens_per_batch=budget),
                 "tops-per-sequence": TrainConfig(**base, max_tokens_per_batch=budget, batching="per_sequence"),
+                "tops-length-grouped": TrainConfig(**base, max_tokens_per_batch=budget, batching="length_grouped"),
+                "tops-flex": TrainConfig(**base, max_tokens_per_batch=budget, batching="padding_free_flex"),
                 "tops-no-checkpointing": TrainConfig(**base, max_tokens_per_batch=budget, gradient_checkpointing=False)}
         print(f"{device}; {params / 1e6:,.1f}M-parameter Qwen2 (random), {len(data)} chains of <= {max_length} "
               f"tokens, {warmup} warm-up + {steps} timed optimizer steps; plain TRL batch {args.batch_size}, "

@@ -413,10 +413,9 @@ class TrainConfig(Strict):
     # Keep padding a small share of the compute (see tops/train/batching.py). False: plain
     # padded batches in random order, whatever `batching` says.
     packing: bool = True
-    # How micro-batches are laid out. "auto" picks from what is installed: padding_free_flash
-    # (flash-attn varlen), padding_free_flex (flex attention with a document mask, CUDA),
-    # per_sequence (one unpadded sequence per forward, no mask; CUDA), length_grouped on CPU;
-    # the train summary names the path that ran.
+    # How micro-batches are laid out. "auto": padding_free_flash (flash-attn varlen) when
+    # flash-attn is installed, else length_grouped; padding_free_flex and per_sequence are
+    # opt-in (slow on an H200, see tops/train/kernels.py); the train summary names the path.
     batching: Literal["auto", "padding_free_flash", "padding_free_flex", "per_sequence",
                       "length_grouped", "padded"] = "auto"
     # Token budget of one micro-batch on one process: positions computed (rows x longest when
@@ -445,8 +444,9 @@ class TrainConfig(Strict):
     # plain or FSDP AdamW updates the weights themselves (float32: bf16 rounds away lr-1e-5 steps).
     model_dtype: Literal["float32", "bfloat16", "auto"] | None = None
     attn_implementation: str | None = None  # None: follows `batching` (e.g. flash_attention_2)
-    # Liger's Triton kernels (RMSNorm, SwiGLU, RoPE) when liger-kernel is installed and CUDA is
-    # there (None); TRL's chunked LM head already keeps the logits off memory.
+    # Liger's Triton kernels (RMSNorm, SwiGLU, RoPE) on CUDA when liger-kernel is installed:
+    # opt-in (True), since the H200 runs with it on were slow; TRL's chunked LM head already
+    # keeps the logits off memory.
     liger_kernels: bool | None = None
     torch_compile: bool = False  # torch.compile the model (recompiles per new shape)
     # SFT: TRL's chunked log-prob LM head never builds the full logits (memory on GPUs, large

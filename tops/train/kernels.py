@@ -7,15 +7,17 @@ says which path ran (`TrainSetup.describe`).
 Batching paths (measured in bench/train_sft.py; losses equal those of plain padded batches,
 tests/test_batching.py):
 - padding_free_flash: the micro-batch's sequences in one row with per-sequence position_ids;
-  flash-attn's varlen kernel attends per sequence. No padding, no mask.
-- padding_free_flex: the same row under flex attention: transformers turns the position_ids
-  into a block-sparse document mask (BlockMask), never a dense one. CUDA only (flex attention
-  has no backward on CPU).
-- per_sequence: the same row split back into its sequences, one forward each, SDPA with
-  `is_causal` and no mask at all (PyTorch's own flash kernel on GPUs). The GPU fallback.
-- length_grouped: padded rows of near-equal length with a padding mask: the CPU choice (see
-  choose_batching). On GPUs a mask rules out SDPA's flash kernel, and a packed row under SDPA
-  would need a dense row x row mask, so GPUs never get it by default.
+  flash-attn's varlen kernel attends per sequence. No padding, no mask. Chosen by itself when
+  flash-attn is installed; not yet measured on a GPU here.
+- length_grouped: padded rows of near-equal length with a padding mask (SDPA): the default
+  everywhere else. On an H200 this path (before the token budget) ran 1.61x plain TRL at a
+  1.4B model, padding 1.1% against 33% (BENCHMARKS.md).
+- padding_free_flex: the packed row under flex attention (block-sparse document mask). Opt-in:
+  on an H200 it had not finished 55 steps of a 1.5B model in 270 s where plain TRL took 57 s
+  (row lengths vary, so it keeps compiling).
+- per_sequence: the packed row split back into its sequences, one forward each, SDPA with
+  `is_causal` and no mask. Opt-in: on the same H200 run (with Liger) it had not finished in 175 s,
+  and on CPU it ran 0.6x.
 - padded: plain padded rows in random order (the baseline, `packing: false`).
 """
 
@@ -81,14 +83,10 @@ def choose_batching(cfg: TrainConfig) -> str:
     attn = (cfg.attn_implementation or "").replace("kernels-community/", "")
     if attn.startswith(("flash_attention", "flash-attn")) or (not attn and flash_attention_available()):
         return "padding_free_flash"
-    if attn == "flex_attention" or (not attn and flex_attention_available()):
+    if attn == "flex_attention":
         return "padding_free_flex"
-    if not cuda_available():
-        # On CPU one forward per sequence ran 3.5x slower than length-grouped padded rows
-        # (SmolLM2 shape, bf16 autocast: weights cast and small matmuls per forward), and
-        # padding stays at a few percent there.
-        return "length_grouped"
-    return "per_sequence"
+    # Everything else: see the module docstring for what the other paths measured.
+    return "length_grouped"
 
 
 def attention_for(cfg: TrainConfig, batching: str) -> str | None:
@@ -113,9 +111,8 @@ def gradient_checkpointing_for(cfg: TrainConfig) -> bool:
 
 
 def liger_for(cfg: TrainConfig) -> bool:
-    if cfg.liger_kernels is not None:
-        return cfg.liger_kernels
-    return cuda_available() and has_module("liger_kernel")
+    """Opt-in: the two H200 runs that had Liger on by default were the two slow ones (not isolated)."""
+    return bool(cfg.liger_kernels) and cuda_available() and has_module("liger_kernel")
 
 
 @dataclass(frozen=True)
