@@ -1,0 +1,161 @@
+"""The whole run: the flow's sizes and rounds, Hub export, and TopsConfig, which checks the
+sections against each other."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from tops.config.base import Strict
+from tops.config.efforts import EffortsConfig
+from tops.config.engine import EngineConfig, ModelConfig, RunConfig
+from tops.config.problems import ProblemsConfig
+from tops.config.stages import (
+    EvalConfig,
+    GenerateConfig,
+    MaskConfig,
+    PairsConfig,
+    SeedConfig,
+    SelectConfig,
+    VerifyConfig,
+)
+from tops.config.train import TrainConfig
+from tops.errors import UserError
+
+TRAIN_STAGES = ("tag", "tops", "random", "iter_sft", "iter_dpo")
+
+
+class FlowConfig(Strict):
+    seed_problems: int = Field(60, ge=1)
+    # The problems the tag model samples at every effort. None: problems.n, the same count a
+    # standalone `tops problems` draws (see flow_problem_counts).
+    train_problems: int | None = Field(None, ge=1)
+    iter_problems: int = Field(60, ge=1)
+    iterations: int = Field(1, ge=0)
+    iter_method: Literal["sft", "dpo"] = "sft"
+    iter_samples: int = Field(4, ge=1)  # paper: 8 responses per problem
+    random_baseline: bool = True
+    # Per-stage training overrides on top of `train` (paper: tag lr 1e-5 x3 epochs, TOPS 1e-5
+    # x2, Iter-SFT 1e-6 x1, Iter-DPO 5e-7 x3), keyed by TRAIN_STAGES.
+    train_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    runner: Literal["thread", "ray"] = "thread"
+    ray_address: str | None = None  # None: start a local Ray instance
+    generate_shards: int = Field(1, ge=1)  # generation split into this many mapped tasks
+    gpus_per_shard: float = Field(0, ge=0)
+    retries: int = Field(1, ge=0)
+    retry_delay_s: float = Field(5, ge=0)
+    # True: a run of a folder whose loop already finished is the next round of one campaign
+    # (tops/rounds.py): one more self-improvement iteration on problems no earlier round used, from
+    # the latest model. False: a rerun reuses every finished stage. Deployments (`tops serve`,
+    # prefect.yaml) set it.
+    continue_rounds: bool = False
+
+    @field_validator("train_overrides")
+    @classmethod
+    def _known_stages(cls, overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for stage in overrides:
+            if stage not in TRAIN_STAGES:
+                raise ValueError(f"unknown training stage '{stage}' (known: {', '.join(TRAIN_STAGES)})")
+        return overrides
+
+
+class ExportConfig(Strict):
+    """Publishing as the run's last stage. No token here: it comes from HF_TOKEN or `hf auth login`."""
+
+    repo_id: str | None = None  # ORG/NAME of the Hub dataset repo; None: no export stage
+    private: bool = True  # visibility of a newly created repo (an existing repo keeps its own)
+    datasets: bool = True  # samples / sft / dpo / eval configs + dataset card with the rounds' history
+    model: bool = False  # also the latest model, to the model repo of the same id
+    license: str = Field("apache-2.0", min_length=1)
+
+    @field_validator("repo_id")
+    @classmethod
+    def _hub_repo_id(cls, repo_id: str | None) -> str | None:
+        if repo_id is None:
+            return None
+        from tops.hub.collect import check_repo_id
+
+        try:
+            return check_repo_id(repo_id)
+        except UserError as exc:
+            raise ValueError(str(exc).removeprefix("--repo-id ")) from None
+
+    @model_validator(mode="after")
+    def _pushes_something(self) -> ExportConfig:
+        if self.repo_id and not (self.datasets or self.model):
+            raise ValueError("export.repo_id is set but neither datasets nor model is pushed")
+        return self
+
+
+class TopsConfig(Strict):
+    run: RunConfig = Field(default_factory=RunConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    efforts: EffortsConfig = Field(default_factory=EffortsConfig)
+    problems: ProblemsConfig = Field(default_factory=ProblemsConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    select: SelectConfig = Field(default_factory=SelectConfig)
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
+    mask: MaskConfig = Field(default_factory=MaskConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    seed: SeedConfig = Field(default_factory=SeedConfig)
+    flow: FlowConfig = Field(default_factory=FlowConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+    @model_validator(mode="after")
+    def _efforts_known(self) -> TopsConfig:
+        known = set(self.efforts.prompts)
+        for where, names in (("generate.efforts", self.generate.efforts),
+                             ("eval.efforts", self.eval.efforts)):
+            for name in names:
+                if name not in known:
+                    raise ValueError(f"{where}: unknown effort '{name}' (known: {', '.join(sorted(known))})")
+        if self.train.system_prompt not in known | {"effort"}:
+            raise ValueError(f"train.system_prompt: unknown effort '{self.train.system_prompt}'")
+        for where, names in (("generate.depth", self.generate.depth),
+                             ("generate.n_samples_by_effort", self.generate.n_samples_by_effort)):
+            for name in names:
+                if name not in known:
+                    raise ValueError(f"{where}: unknown effort '{name}' (known: {', '.join(sorted(known))})")
+        efforts = self.efforts
+        for name in efforts.template_kwargs:
+            if name not in known:
+                raise ValueError(f"efforts.template_kwargs: unknown effort '{name}' (known: {', '.join(sorted(known))})")
+            if name in ("none", self.train.system_prompt):
+                raise ValueError(f"efforts.template_kwargs.{name}: training renders this effort's prompt "
+                                 "without template arguments; give it a system prompt instead")
+        if efforts.template_kwargs and not efforts.native:
+            raise ValueError("efforts.template_kwargs needs efforts.native: true (a tag model learns "
+                             "efforts from system prompts only)")
+        for stage in self.flow.train_overrides:
+            try:
+                self.train_config(stage)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                loc = ".".join(str(p) for p in err["loc"])
+                raise ValueError(f"flow.train_overrides.{stage}.{loc}: {err['msg']}") from None
+        return self
+
+    def train_config(self, stage: str) -> TrainConfig:
+        """`train` with the stage's overrides from flow.train_overrides applied."""
+        merged = {**self.train.model_dump(), **self.flow.train_overrides.get(stage, {})}
+        return TrainConfig.model_validate(merged)
+
+
+def flow_problem_counts(cfg: TopsConfig) -> dict[str, int]:
+    """Problems the flow draws per split, each exactly (a source with fewer left is an error).
+    The training split is flow.train_problems, or problems.n when that is unset; a config that
+    sets both to different numbers is refused instead of one silently winning."""
+    train = cfg.flow.train_problems
+    if train is None:
+        train = cfg.problems.n
+    elif "n" in cfg.problems.model_fields_set and cfg.problems.n != train:
+        raise UserError(f"problems.n ({cfg.problems.n}) and flow.train_problems ({train}) disagree: the flow "
+                        "samples flow.train_problems training problems; drop one of them or make them equal")
+    counts = {"seed": cfg.flow.seed_problems, "train": train}
+    counts.update({f"iter{k}": cfg.flow.iter_problems for k in range(1, cfg.flow.iterations + 1)})
+    counts["eval"] = cfg.eval.n_problems
+    return counts
