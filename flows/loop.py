@@ -64,6 +64,18 @@ class Sharded:
     every_problem: bool = True  # False: a problem may have no row (seed data keeps those passing its rules)
 
 
+@dataclass
+class ChildStage:
+    """One heavy stage as Loop.child takes it, for stages run side by side (Loop.children_in_lanes)."""
+
+    name: str
+    section: dict
+    inputs: dict[str, str]
+    args: list[str]
+    cfg: TopsConfig
+    sharded: Sharded
+
+
 class Loop:
     """Keys, output paths, failure naming and publishing for one run folder."""
 
@@ -159,6 +171,38 @@ class Loop:
                              every_problem=sharded.every_problem)
         return self.call(train_task if train else child_task, name, section, inputs, folder=folder, step=step,
                          cfg=cfg, stage=name, args=args)
+
+    def children_in_lanes(self, label: str, stages: list[ChildStage], lanes: list) -> list[str]:
+        """Heavy stages that depend on nothing but their inputs, len(lanes) at a time: stage i runs
+        in lane i % len(lanes) (a tops.gpus.lane_plans share of the node) after the lane's previous
+        stage, so two stages never share a lane's GPUs or cores. Each is its own cached task."""
+        keyed = [self.output(s.name, s.section, s.inputs) for s in stages]
+        width = len(lanes)
+
+        def run_all() -> list[str]:
+            futures = []
+            for i, (stage, (key, out)) in enumerate(zip(stages, keyed, strict=True)):
+                plan = lanes[i % width]
+                common = {"cfg": stage.cfg, "key": key, "out": str(out), "run_dir": str(self.dir),
+                          "stage": stage.name, "args": stage.args, "wait_for": futures[i - width:i - width + 1]}
+                if plan.size > 1:
+                    future = self.task(sharded_task, stage.name).submit(
+                        **common, plan=plan, kind=stage.sharded.kind, problems=stage.sharded.problems,
+                        every_problem=stage.sharded.every_problem)
+                else:
+                    future = self.task(child_task, stage.name).submit(**common, env=plan.groups[0].env())
+                futures.append(future)
+            done = []
+            for stage, future in zip(stages, futures, strict=True):
+                try:
+                    done.append(future.result())
+                except UserError as exc:
+                    raise UserError(f"stage '{stage.name}': {exc}") from exc
+                except Exception as exc:
+                    raise StageFailed(f"stage '{stage.name}' failed: {exc.__class__.__name__}: {exc}") from exc
+            return done
+
+        return self.timed(label, [out for _, out in keyed], run_all)
 
     def _plan_step(self, name: str, args: list[str], cfg: TopsConfig, train: bool, plan, sharded: Sharded | None,
                    method: str) -> PlanStep:

@@ -31,7 +31,7 @@ from tops.config import (
     load_config,
 )
 from tops.flows import campaign
-from tops.flows.loop import Loop, PlanStep, Sharded, StageFailed
+from tops.flows.loop import ChildStage, Loop, PlanStep, Sharded, StageFailed
 from tops.flows.tasks import (
     mask_task,
     merge_task,
@@ -250,7 +250,7 @@ def loop_stages(loop: Loop) -> dict:
         models[latest_label] = (latest, ["none"])
 
     # 9. evaluate every model on held-out problems, each in its own process
-    eval_parts = [evaluate(loop, label, model, efforts, eval_problems) for label, (model, efforts) in models.items()]
+    eval_parts = evaluate_all(loop, models, eval_problems)
     if loop.planning:
         return {"run_dir": str(loop.dir), "plan": loop.plan}
     evals = pd.concat([read_artifact(p, "eval") for p in eval_parts], ignore_index=True)
@@ -293,7 +293,31 @@ def iterate(loop: Loop, k: int, latest: str, latest_label: str, problems: str) -
 
 def evaluate(loop: Loop, label: str, model: str, efforts: list[str], eval_problems: str) -> str:
     """Held-out evaluation of one model in its own process; returns its eval artifact."""
-    cfg = loop.cfg
+    stage = eval_stage(loop.cfg, label, model, efforts, eval_problems)
+    return loop.child(stage.name, stage.section, stage.inputs, stage.args, stage.cfg, sharded=stage.sharded)
+
+
+def evaluate_all(loop: Loop, models: dict[str, tuple[str, list[str]]], eval_problems: str) -> list[str]:
+    """Every model's evaluation: one after another on the whole node, or flow.concurrent_evals at
+    a time, each on its share of it (tops.gpus.lane_plans)."""
+    from tops.gpus import lane_plans
+
+    stages = [eval_stage(loop.cfg, label, model, efforts, eval_problems) for label, (model, efforts) in models.items()]
+    wanted = min(loop.cfg.flow.concurrent_evals, len(stages))
+    lanes = lane_plans(loop.cfg.engine, wanted) if wanted > 1 else []
+    if loop.planning or len(lanes) < 2:
+        parts = [loop.child(s.name, s.section, s.inputs, s.args, s.cfg, sharded=s.sharded) for s in stages]
+        if loop.planning and len(lanes) > 1:
+            for step in loop.plan[-len(stages):]:
+                step.notes.append(f"{len(lanes)} evaluations at a time: " + " / ".join(p.describe() for p in lanes))
+        return parts
+    if len(lanes) < wanted:
+        loop.notes.append(f"evaluations: {len(lanes)} at a time (flow.concurrent_evals is {wanted}; "
+                          "the node has no more separate engine groups or cores)")
+    return loop.children_in_lanes(f"eval ({len(stages)} models, {len(lanes)} at a time)", stages, lanes)
+
+
+def eval_stage(cfg: TopsConfig, label: str, model: str, efforts: list[str], eval_problems: str) -> ChildStage:
     eval_cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"efforts": efforts})})
     section = {**config_section(eval_cfg, "eval", "engine", "verify"),
                "prompts": {e: cfg.efforts.prompts[e] for e in efforts}}
@@ -301,9 +325,9 @@ def evaluate(loop: Loop, label: str, model: str, efforts: list[str], eval_proble
     depth = {e: cfg.generate.depth[e].model_dump(mode="json") for e in efforts if e in cfg.generate.depth}
     if kwargs or depth:  # only when set, so evaluations of earlier runs keep their keys
         section["native"] = {"template_kwargs": kwargs, "depth": depth}
-    return loop.child(f"eval-{label}", section, {"model": model, "problems": eval_problems},
+    return ChildStage(f"eval-{label}", section, {"model": model, "problems": eval_problems},
                       ["eval", "--model", model, "--label", label, "--problems", eval_problems, "--quiet"], eval_cfg,
-                      sharded=Sharded("eval", eval_problems, cfg.engine, cfg.model.base))
+                      Sharded("eval", eval_problems, cfg.engine, cfg.model.base))
 
 
 def run_loop(cfg: TopsConfig) -> dict:
@@ -364,7 +388,7 @@ def task_runner_for(cfg: TopsConfig):
         return RayTaskRunner(init_kwargs={"num_cpus": os.cpu_count() or 2, "runtime_env": {"env_vars": env}})
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    return ThreadPoolTaskRunner(max_workers=cfg.flow.generate_shards)
+    return ThreadPoolTaskRunner(max_workers=max(cfg.flow.generate_shards, cfg.flow.concurrent_evals))
 
 
 def run(config: str | None = None, overrides: list[str] | None = None) -> dict:

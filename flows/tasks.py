@@ -40,12 +40,14 @@ def child_command(args: list[str], out: str | Path) -> list[str]:
     return tops_command(*args, "--out", str(out), "--config", str(RunLayout.stage_config(out)))
 
 
-def run_child(name: str, args: list[str], cfg: TopsConfig, out: str) -> None:
-    """Write the stage's resolved config beside its output, run the stage as a child process with
-    its output in this task's log, and turn its exit code into the flow's errors."""
+def run_child(name: str, args: list[str], cfg: TopsConfig, out: str, env: dict[str, str] | None = None) -> None:
+    """Write the stage's resolved config beside its output, run the stage as a child process (with
+    `env` on top of the flow's, e.g. its share of the cores) with its output in this task's log,
+    and turn its exit code into the flow's errors."""
     _write_config(cfg, out)
     logger = get_run_logger()
-    [done] = launch([Command(child_command(args, out), name)], log=lambda who, line: logger.info(f"[{who}] {line}"))
+    [done] = launch([Command(child_command(args, out), name, env=dict(env or {}))],
+                    log=lambda who, line: logger.info(f"[{who}] {line}"))
     _raise_for(done)
 
 
@@ -158,9 +160,10 @@ def merge_task(key: str, out: str, run_dir: str, parts: list[str], problems: str
 
 
 @task(name="stage", **CACHED)
-def child_task(cfg: TopsConfig, key: str, out: str, run_dir: str, stage: str, args: list[str]) -> str:
+def child_task(cfg: TopsConfig, key: str, out: str, run_dir: str, stage: str, args: list[str],
+               env: dict[str, str] | None = None) -> str:
     """Any heavy stage but training: `tops <args> --out <out> --config <out>.yaml` in a child."""
-    run_child(stage, args, cfg, out)
+    run_child(stage, args, cfg, out, env)
     return out
 
 

@@ -77,7 +77,22 @@ def _run(overrides: list[str]):
 
     import anyio
 
+    result["flow_run_id"] = flow_run_id  # for tests that read the task runs' times
     return result, anyio.run(task_states)
+
+
+def _task_run_times(flow_run_id) -> dict[str, tuple]:
+    """{task run name: (start, end)} of one flow run, as Prefect recorded them."""
+    import anyio
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async def times():
+        async with get_client() as client:
+            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            return {run.name: (run.start_time, run.end_time) for run in runs}
+
+    return anyio.run(times)
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +155,30 @@ def test_flow_trains_under_two_real_processes(first_run):
     trained = [r for r in records.values() if r["stage"] == "train-sft"]
     assert len(trained) == len([name for name in states if name.startswith("train-")]) >= 3
     assert all(r["summary"]["num_processes"] == 2 for r in trained)
+
+
+def test_evaluations_run_side_by_side_in_their_own_lanes(first_run):
+    """smoke.yaml sets flow.concurrent_evals: 2: model i is evaluated in lane i % 2, so the two
+    lanes overlap in time and a lane's evaluations follow one another; each child got its own core
+    (tops.gpus.lane_plans), which its task log names."""
+    result, states = first_run
+    times = _task_run_times(result["flow_run_id"])
+    order = ["eval-base", "eval-tag", "eval-tops", "eval-random", "eval-iter1"]
+    spans = [times[name] for name in order]
+    assert all(start is not None and end is not None for start, end in spans), spans
+
+    def overlap(a, b):
+        return a[0] < b[1] and b[0] < a[1]
+
+    assert overlap(spans[0], spans[1])  # lanes 0 and 1 at once
+    for i in range(2, len(spans)):  # a lane's next evaluation starts after its previous one ended
+        assert spans[i][0] >= spans[i - 2][1], (order[i], order[i - 2])
+    records = json.loads((Path(result["run_dir"]) / "stages" / "manifest.json").read_text())["stages"]
+    shares = {r["summary"]["labels"][0]: r["summary"].get("device_share", {}) for r in records.values()
+              if r["stage"] == "eval"}
+    lane0, lane1 = ({int(c) for c in shares[label]["cores"].split(",")} for label in ("base", "tag"))
+    assert lane0 and lane1 and not lane0 & lane1
+    assert shares["tops"] == shares["base"] and shares["random"] == shares["tag"]
 
 
 def test_every_flow_stage_has_its_manifest_record_in_the_cli_form(first_run, tmp_path):

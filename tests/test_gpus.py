@@ -8,7 +8,7 @@ import pytest
 
 from tops.config import EngineConfig
 from tops.errors import UserError
-from tops.gpus import merge_parts, shard_frame, shard_plan, visible_gpus
+from tops.gpus import lane_plans, merge_parts, shard_frame, shard_plan, visible_gpus
 
 EIGHT = [str(i) for i in range(8)]
 
@@ -81,6 +81,25 @@ def test_cpu_engines_split_the_cores():
     shared = shard_plan(EngineConfig(data_parallel_size=3), gpus=[], cpus=[0, 1])
     assert shared.size == 3 and all(g.env() == {} for g in shared.groups)
     assert shard_plan(EngineConfig(), gpus=[], cpus=[0, 1]).size == 1
+
+
+def test_concurrent_stages_get_disjoint_shares_of_the_node():
+    """flow.concurrent_evals: lanes never share a GPU or a core, and cover what one stage would use."""
+    eight = [str(i) for i in range(8)]
+    lanes = lane_plans(EngineConfig(tensor_parallel_size=2), 2, gpus=eight)
+    assert [[g.gpus for g in lane.groups] for lane in lanes] == [[("0", "1"), ("4", "5")], [("2", "3"), ("6", "7")]]
+    assert all(lane.on_gpu and lane.gpus_per_engine == 2 for lane in lanes)
+    assert [g.env() for g in lanes[1].groups] == [{"CUDA_VISIBLE_DEVICES": "2,3"}, {"CUDA_VISIBLE_DEVICES": "6,7"}]
+    # one CPU engine: the cores are split, each lane pinned to its own
+    lanes = lane_plans(EngineConfig(), 2, gpus=[], cpus=[0, 1, 2, 3])
+    assert [lane.groups[0].env() for lane in lanes] == [
+        {"VLLM_CPU_OMP_THREADS_BIND": "0,1", "OMP_NUM_THREADS": "2"},
+        {"VLLM_CPU_OMP_THREADS_BIND": "2,3", "OMP_NUM_THREADS": "2"}]
+    # fewer lanes than asked where two engines would share a GPU, or a lane would get no core
+    assert len(lane_plans(EngineConfig(tensor_parallel_size=4), 3, gpus=eight)) == 2
+    assert len(lane_plans(EngineConfig(), 3, gpus=["0"])) == 1
+    assert len(lane_plans(EngineConfig(), 5, gpus=[], cpus=[0, 1])) == 2
+    assert lane_plans(EngineConfig(), 2, gpus=[], cpus=[0])[0].groups[0].env() == {}
 
 
 def test_openai_engine_is_one_client_process():

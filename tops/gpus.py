@@ -103,7 +103,8 @@ class ShardPlan:
             idle = f"; {len(self.idle_gpus)} GPU(s) idle: {','.join(self.idle_gpus)}" if self.idle_gpus else ""
             return f"{self.size} engine process(es) x {self.gpus_per_engine} GPU(s), CUDA_VISIBLE_DEVICES {pinned}{idle}"
         if self.size == 1:
-            return "1 engine process on the CPU"
+            cores = self.groups[0].cpus
+            return "1 engine process on the CPU" + (f", cores {','.join(map(str, cores))}" if cores else "")
         return f"{self.size} engine processes on the CPU, cores " + " | ".join(
             ",".join(map(str, g.cpus)) or "shared" for g in self.groups)
 
@@ -173,3 +174,30 @@ def part_paths(out: Path, count: int) -> list[Path]:
     """Where engine `i` of `count` writes its part of `out` (stable, so a rerun keeps a finished
     part: `out` is named by the fingerprint of the stage's work)."""
     return [out.with_name(f"{out.stem}.part{i}of{count}{out.suffix}") for i in range(count)]
+
+
+def lane_plans(engine, lanes: int, gpus: Sequence[str] | None = None,
+               cpus: Sequence[int] | None = None) -> list[ShardPlan]:
+    """The node split into `lanes` disjoint shares, one per concurrent stage (flow.concurrent_evals):
+    the engine groups dealt round-robin, or, for one CPU engine, the cores. Fewer lanes than asked
+    when the node has fewer groups (GPUs: two engines never share one) or cores."""
+    full = shard_plan(engine, gpus=gpus, cpus=cpus)
+    if full.size >= lanes:
+        return [ShardPlan(tuple(EngineGroup(k, g.gpus, g.cpus) for k, g in enumerate(full.groups[j::lanes])),
+                          full.on_gpu, full.gpus_per_engine) for j in range(lanes)]
+    if full.on_gpu or full.size > 1:
+        return lane_plans(engine, full.size, gpus=gpus, cpus=cpus)
+    cores = list(usable_cpus() if cpus is None else cpus)
+    lanes = max(1, min(lanes, len(cores)))
+    if lanes == 1:
+        return [full]
+    per = len(cores) // lanes
+    return [ShardPlan((EngineGroup(0, cpus=tuple(cores[j * per:(j + 1) * per])),), on_gpu=False, gpus_per_engine=0)
+            for j in range(lanes)]
+
+
+def device_share() -> dict[str, str]:
+    """The GPUs or cores this process was given by its parent (EngineGroup.env), for its stage's
+    record; empty when it may use the whole machine."""
+    share = {"gpus": os.environ.get("CUDA_VISIBLE_DEVICES"), "cores": os.environ.get("VLLM_CPU_OMP_THREADS_BIND")}
+    return {k: v for k, v in share.items() if v}

@@ -18,6 +18,7 @@ from tops.artifacts import check_output_free, read_artifact, timed, write_artifa
 from tops.artifacts import record_stage as _record_stage
 from tops.config import TopsConfig, config_section
 from tops.errors import EXIT_OUT_OF_MEMORY, UserError
+from tops.gpus import device_share
 from tops.layout import MANIFEST, default_label
 
 console = Console(stderr=True)
@@ -325,7 +326,8 @@ def run_eval(cfg: TopsConfig, out: Path, models: list[str], train_problems: list
         write_artifact(evals, out, "eval")
     table = markdown_table(evals, pass_ks=cfg.eval.pass_k or None, budgets=cfg.eval.token_budgets or None)
     flagged = contamination(problems, [q for u in used for q in u["question"]]) if used else []
-    summary = {"models": models, "labels": labels or None, "problems": len(problems), "contaminated": len(flagged)}
+    summary = {"models": models, "labels": labels or None, "problems": len(problems), "contaminated": len(flagged),
+               "device_share": device_share()}
     inputs = {**({"problems": problems_path} if problems_path else {}),
               **{f"train_problems{i}": p for i, p in enumerate(train_problems)}}
     record_stage(out, "eval", config=config_section(cfg, "eval"), inputs=inputs, rows=len(evals),

@@ -42,6 +42,10 @@ class FlowConfig(Strict):
     runner: Literal["thread", "ray"] = "thread"
     ray_address: str | None = None  # None: start a local Ray instance
     generate_shards: int = Field(1, ge=1)  # generation split into this many mapped tasks
+    # Evaluations of this many models at once, each on its share of the node (tops.gpus.lane_plans:
+    # a subset of the GPU engine groups, or of the CPU cores). 1: one model at a time on all of it.
+    # More pays where an engine's start is a large part of an evaluation (small held-out sets).
+    concurrent_evals: int = Field(1, ge=1)
     gpus_per_shard: float = Field(0, ge=0)
     retries: int = Field(1, ge=0)
     retry_delay_s: float = Field(5, ge=0)
