@@ -173,3 +173,14 @@ def test_seed_shards_give_the_seed_data_of_one_process(tmp_path, tiny_model_dir)
     # the rules sort by problem id, one process or several
     pd.testing.assert_frame_equal(merged[keys].sort_values(keys[:2], ignore_index=True),
                                   whole[keys].sort_values(keys[:2], ignore_index=True))
+
+
+def test_vllm_on_a_few_cores_binds_all_of_them(monkeypatch):
+    """vLLM's "auto" binding keeps a core for its scheduler: on 2 cores, half the compute."""
+    import tops.gpus
+    from tops.engines.vllm_engine import BIND_ALL_CORES_UP_TO, cpu_threads_bind
+
+    monkeypatch.setattr(tops.gpus, "usable_cpus", lambda: [0, 1])
+    assert cpu_threads_bind() == "0,1"
+    monkeypatch.setattr(tops.gpus, "usable_cpus", lambda: list(range(BIND_ALL_CORES_UP_TO + 1)))
+    assert cpu_threads_bind() == "auto"  # NUMA-aware, and one core of many is little
