@@ -308,8 +308,12 @@ def evaluate_all(loop: Loop, models: dict[str, tuple[str, list[str]]], eval_prob
     if loop.planning or len(lanes) < 2:
         parts = [loop.child(s.name, s.section, s.inputs, s.args, s.cfg, sharded=s.sharded) for s in stages]
         if loop.planning and len(lanes) > 1:
-            for step in loop.plan[-len(stages):]:
-                step.notes.append(f"{len(lanes)} evaluations at a time: " + " / ".join(p.describe() for p in lanes))
+            for i, step in enumerate(loop.plan[-len(stages):]):
+                lane = lanes[i % len(lanes)]
+                step.notes.append(f"lane {i % len(lanes) + 1} of {len(lanes)}: {lane.describe()}")
+                env = lane.groups[0].env() if lane.size == 1 else {}
+                if env and step.command:  # the child's share of the node, as a user would set it
+                    step.command = " ".join(f"{k}={v}" for k, v in env.items()) + " " + step.command
         return parts
     if len(lanes) < wanted:
         loop.notes.append(f"evaluations: {len(lanes)} at a time (flow.concurrent_evals is {wanted}; "

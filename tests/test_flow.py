@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -224,6 +225,8 @@ def test_second_run_hits_every_cache(first_run, run_root, tiny_model_dir):
 
 
 def test_dry_run_after_a_finished_run_marks_every_stage_cached(first_run, run_root, tiny_model_dir, tmp_path):
+    from tops.gpus import usable_cpus
+
     cmd = [sys.executable, "-m", "tops.cli", "run", "--dry-run", "--config", str(SMOKE)]
     for item in _module_overrides(run_root, tiny_model_dir):
         cmd += ["--set", item]
@@ -234,6 +237,9 @@ def test_dry_run_after_a_finished_run_marks_every_stage_cached(first_run, run_ro
     for name in stages:
         assert f". {name}: cached" in done.stdout, name
     assert "$ tops train sft --data" in done.stdout and "child process x2" in done.stdout
+    if len(usable_cpus()) >= 2:  # the evaluations' lanes: each command carries its share of the cores
+        assert "lane 2 of 2" in done.stdout
+        assert re.search(r"\$ VLLM_CPU_OMP_THREADS_BIND=[\d,]+ OMP_NUM_THREADS=\d+ tops eval", done.stdout)
     # a changed setting: that stage and what depends on it are to run, the rest stays cached
     done = subprocess.run([*cmd, "--set", "select.policy=random"], capture_output=True, text=True, timeout=300)
     assert ". select-tops: to run" in done.stdout and ". train-tops: to run" in done.stdout
