@@ -113,7 +113,7 @@ def main() -> None:
     first_child = next((t for t, _, live in samples if live), None)
     for t, mib, live in samples:
         for label in live:
-            s = stages.setdefault(label, {"first_s": round(t, 1), "last_s": t, "peak_used_mib": None})
+            s = stages.setdefault(label, {"first_s": round(t, 1), "peak_used_mib": None})
             s["last_s"] = round(t, 1)
             if mib is not None and (s["peak_used_mib"] is None or mib > s["peak_used_mib"]):
                 s["peak_used_mib"] = round(mib)

@@ -15,6 +15,7 @@ import os
 import shlex
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,18 @@ class Sharded:
     engine: EngineConfig
     model: str
     every_problem: bool = True  # False: a problem may have no row (seed data keeps those passing its rules)
+
+
+@contextmanager
+def failures_named(stage: str):
+    """A stage's error names the stage: an input error stays a UserError (exit 2), anything else
+    becomes StageFailed."""
+    try:
+        yield
+    except UserError as exc:
+        raise UserError(f"stage '{stage}': {exc}") from exc
+    except Exception as exc:
+        raise StageFailed(f"stage '{stage}' failed: {exc.__class__.__name__}: {exc}") from exc
 
 
 @dataclass
@@ -146,13 +159,9 @@ class Loop:
                 step.command = shlex.join(["tops", *child_command(step.args, out)[3:]])
             self.plan.append(step)
             return str(out)
-        try:
+        with failures_named(name):
             return self.timed(name, [out], lambda: self.task(fn, name)(key=key, out=str(out), run_dir=str(self.dir),
                                                                  **params))
-        except UserError as exc:
-            raise UserError(f"stage '{name}': {exc}") from exc
-        except Exception as exc:
-            raise StageFailed(f"stage '{name}' failed: {exc.__class__.__name__}: {exc}") from exc
 
     def child(self, name: str, section: dict, inputs: dict[str, str], args: list[str], cfg: TopsConfig, *,
               train: bool = False, folder: bool = False, sharded: Sharded | None = None,
@@ -183,8 +192,9 @@ class Loop:
             futures = []
             for i, (stage, (key, out)) in enumerate(zip(stages, keyed, strict=True)):
                 plan = lanes[i % width]
+                lane_before = [futures[i - width]] if i >= width else []
                 common = {"cfg": stage.cfg, "key": key, "out": str(out), "run_dir": str(self.dir),
-                          "stage": stage.name, "args": stage.args, "wait_for": futures[i - width:i - width + 1]}
+                          "stage": stage.name, "args": stage.args, "wait_for": lane_before}
                 if plan.size > 1:
                     future = self.task(sharded_task, stage.name).submit(
                         **common, plan=plan, kind=stage.sharded.kind, problems=stage.sharded.problems,
@@ -194,12 +204,8 @@ class Loop:
                 futures.append(future)
             done = []
             for stage, future in zip(stages, futures, strict=True):
-                try:
+                with failures_named(stage.name):
                     done.append(future.result())
-                except UserError as exc:
-                    raise UserError(f"stage '{stage.name}': {exc}") from exc
-                except Exception as exc:
-                    raise StageFailed(f"stage '{stage.name}' failed: {exc.__class__.__name__}: {exc}") from exc
             return done
 
         return self.timed(label, [out for _, out in keyed], run_all)

@@ -182,18 +182,17 @@ def lane_plans(engine, lanes: int, gpus: Sequence[str] | None = None,
     the engine groups dealt round-robin, or, for one CPU engine, the cores. Fewer lanes than asked
     when the node has fewer groups (GPUs: two engines never share one) or cores."""
     full = shard_plan(engine, gpus=gpus, cpus=cpus)
-    if full.size >= lanes:
-        return [ShardPlan(tuple(EngineGroup(k, g.gpus, g.cpus) for k, g in enumerate(full.groups[j::lanes])),
-                          full.on_gpu, full.gpus_per_engine) for j in range(lanes)]
     if full.on_gpu or full.size > 1:
-        return lane_plans(engine, full.size, gpus=gpus, cpus=cpus)
+        width = min(lanes, full.size)
+        return [ShardPlan(tuple(EngineGroup(k, g.gpus, g.cpus) for k, g in enumerate(full.groups[j::width])),
+                          full.on_gpu, full.gpus_per_engine) for j in range(width)]
     cores = list(usable_cpus() if cpus is None else cpus)
-    lanes = max(1, min(lanes, len(cores)))
-    if lanes == 1:
+    width = max(1, min(lanes, len(cores)))
+    if width == 1:
         return [full]
-    per = len(cores) // lanes
+    per = len(cores) // width
     return [ShardPlan((EngineGroup(0, cpus=tuple(cores[j * per:(j + 1) * per])),), on_gpu=False, gpus_per_engine=0)
-            for j in range(lanes)]
+            for j in range(width)]
 
 
 def device_share() -> dict[str, str]:
