@@ -8,6 +8,7 @@ directory, so a write anywhere (the default runs root included) shows up in its 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -275,6 +276,24 @@ def test_hostile_responses_mask_in_bounded_time_with_valid_spans(work, capsys):
     assert masked["masked_chars"].iloc[-1] > 0  # the real wrong round is still found
 
 
+@pytest.mark.parametrize("field, pattern", [
+    ("answer_patterns", r"(?P<answer>(?:x|xx)+)y"),
+    ("reflection_pattern", r"(?:(?:x|xx)+)y"),
+])
+def test_a_catastrophic_mask_pattern_fails_the_stage_naming_itself(work, capsys, field, pattern):
+    """A user's pattern that backtracks exponentially on one response must not stall the stage."""
+    responses = ["x = 41. Wait, that is wrong.\nx = 42. \\boxed{42}",
+                 "= 41.\n" + "x" * 60 + "\nSo \\boxed{42}"]
+    write_artifact(selected_frame(responses).assign(answer="42"), work / "selected.parquet", "selected")
+    before = snapshot(work)
+    value = json.dumps([pattern] if field == "answer_patterns" else pattern)
+    with within(60):
+        code, err = tops(capsys, "mask", "--in", "selected.parquet", "--out", "out/masked.parquet", "-q",
+                         "--set", "mask.pattern_timeout_s=0.5", "--set", f"mask.{field}={value}")
+    assert_one_line_error(code, err, f"mask.{field}", "took over 0.5 s", "possessive")
+    assert snapshot(work) == before
+
+
 # ---------------------------------------------------------------- two writers, one output
 
 
@@ -311,12 +330,43 @@ def test_second_writer_of_an_output_is_refused_naming_the_holder(work, capsys):
 
 
 def test_lock_is_reentrant_in_one_process(tmp_path):
-    from tops.artifacts import check_output_free, output_lock
+    from tops.artifacts import output_lock
 
     out = tmp_path / "o.parquet"
     with output_lock(out):
-        check_output_free(out)  # the stage runner's check inside the stage's own lock
-        with output_lock(out):
+        with output_lock(out):  # the stage runner's lock, then the stage function's own
             pass
         assert out.with_name("o.parquet.lock").exists()
     assert not out.with_name("o.parquet.lock").exists()
+
+
+def test_lock_leaves_no_empty_folder_behind(tmp_path):
+    from tops.artifacts import output_lock
+
+    with output_lock(tmp_path / "a" / "b" / "o.parquet"):
+        assert (tmp_path / "a" / "b").is_dir()
+    assert list(tmp_path.iterdir()) == []  # nothing was written: both folders went again
+    with output_lock(tmp_path / "a" / "b" / "o.parquet"):
+        (tmp_path / "a" / "b" / "o.parquet").write_text("x")
+    assert (tmp_path / "a" / "b" / "o.parquet").exists()  # a written output keeps its folders
+
+
+@pytest.mark.parametrize("stage", [
+    ["verify", "--in", "samples.parquet"],
+    ["select", "--in", "samples.parquet"],
+    ["train", "sft", "--data", "samples.parquet", "--kind", "samples", "--base", "no-such-model"],
+    ["eval", "--model", "no-such-model", "--problems", "samples.parquet"],
+], ids=["verify", "select", "train", "eval"])
+def test_every_stage_refuses_a_second_writer_of_its_output(work, capsys, stage):
+    """The lock is the stage runner's (tops.stages.one_writer), not only generate's."""
+    out = work / "out" / "result"
+    holder = _hold_lock(out)
+    try:
+        before = snapshot(work)
+        with within(60):
+            code, err = tops(capsys, *stage, "--out", out)
+        assert_one_line_error(code, err, f"pid {holder.pid}", "result")
+        assert snapshot(work) == before
+    finally:
+        holder.kill()
+        holder.wait()

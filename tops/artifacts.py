@@ -354,7 +354,8 @@ def output_lock(out: str | Path) -> Iterator[None]:
 
     The lock is an flock, so a writer that dies (kill -9 included) releases it with its
     process: a stale lock file left by a dead pid is simply taken over. Re-entrant in one
-    process (the stage runner and the stage function may both take it).
+    process (the stage runner and the stage function may both take it). Folders created to hold
+    the lock are removed again when they are left empty.
     """
     lock = _lock_path(out).absolute()
     if lock in _HELD:
@@ -366,6 +367,7 @@ def output_lock(out: str | Path) -> Iterator[None]:
             fd, depth = _HELD[lock]
             _HELD[lock] = (fd, depth - 1)
         return
+    created = [p for p in (lock.parent, *lock.parent.parents) if not p.exists()]  # deepest first
     fd = _acquire(lock)
     _HELD[lock] = (fd, 1)
     try:
@@ -374,6 +376,11 @@ def output_lock(out: str | Path) -> Iterator[None]:
         del _HELD[lock]
         lock.unlink(missing_ok=True)
         os.close(fd)  # closing releases the flock
+        for folder in created:  # a writer that failed before writing leaves no empty folders
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (the output, another writer's lock) or gone
+                break
 
 
 def _acquire(lock: Path) -> int:
@@ -397,15 +404,6 @@ def _acquire(lock: Path) -> int:
             pass
         os.close(fd)
     raise UserError(f"{lock}: could not take the output lock")
-
-
-def check_output_free(out: str | Path) -> None:
-    """Raise the UserError `output_lock` would, without keeping the lock (a cheap check before
-    a model loads). Creates nothing: with no folder yet there is no writer either."""
-    if not _lock_path(out).parent.is_dir():
-        return
-    with output_lock(out):
-        pass
 
 
 # ---------------------------------------------------------------- manifest

@@ -28,6 +28,11 @@ PARENT_ENV = "TOPS_PARENT_PID"
 TAIL_LINES = 40
 
 
+def in_launched_process() -> bool:
+    """A rank started by `accelerate launch` (or torchrun) for a `tops` command."""
+    return "LOCAL_RANK" in os.environ or os.environ.get("TOPS_LAUNCHED") == "1"
+
+
 @dataclass
 class Command:
     """One child: its argument list, extra environment, and the name its output lines carry."""

@@ -30,6 +30,7 @@ from itertools import pairwise
 
 import numpy as np
 import pandas as pd
+import regex
 
 from tops.answers import same_answer
 from tops.config import MaskConfig
@@ -70,36 +71,65 @@ class Segmentation:
 @dataclass(frozen=True)
 class _Matchers:
     separator: re.Pattern
-    answers: tuple[re.Pattern, ...]
-    weak_answers: tuple[re.Pattern, ...]
-    reflection: re.Pattern
+    answers: tuple[regex.Pattern, ...]
+    weak_answers: tuple[regex.Pattern, ...]
+    reflection: regex.Pattern
+    names: Mapping[regex.Pattern, str]  # the config field each configured pattern came from
+    timeout_s: float
+
+
+class PatternTimeout(UserError):
+    """A configured pattern took longer than mask.pattern_timeout_s on one response."""
 
 
 @lru_cache(maxsize=16)
 def _compile(step_split: str, answers: tuple[str, ...], weak: tuple[str, ...],
-             reflection: str) -> _Matchers:
+             reflection: str, timeout_s: float) -> _Matchers:
     # A weak answer counts only before a reflection cue. Checking that in a lookahead avoids
     # two Python-level matches per "= N" of the working; the atomic group stops it retrying
     # every shorter tail (an atomic group around the answer pattern itself would cost the
     # engine its fast scan for the leading "=", hence possessive quantifiers there instead).
+    # Configured patterns run on `regex`, which can stop a match after timeout_s (`re` cannot);
+    # on these patterns it is as fast as `re` and reads them the same way.
     before_cue = rf"(?=(?>{_ANSWER_TAIL.pattern}\s*)(?:{reflection}))"
+    answer_patterns = tuple(regex.compile(p) for p in answers)
+    weak_patterns = tuple(regex.compile(f"(?:{p}){before_cue}") for p in weak)
+    reflection_pattern = regex.compile(reflection)
+    names = {**{p: f"mask.answer_patterns[{i}] {answers[i]!r}" for i, p in enumerate(answer_patterns)},
+             **{p: f"mask.weak_answer_patterns[{i}] {weak[i]!r} (with mask.reflection_pattern)"
+                for i, p in enumerate(weak_patterns)},
+             reflection_pattern: f"mask.reflection_pattern {reflection!r}"}
     return _Matchers(
         separator=re.compile(_STEP_SEPARATORS[step_split]),
-        answers=tuple(re.compile(p) for p in answers),
-        weak_answers=tuple(re.compile(f"(?:{p}){before_cue}") for p in weak),
-        reflection=re.compile(reflection),
+        answers=answer_patterns,
+        weak_answers=weak_patterns,
+        reflection=reflection_pattern,
+        names=names,
+        timeout_s=timeout_s,
     )
 
 
 def _matchers(cfg: MaskConfig) -> _Matchers:
     return _compile(cfg.step_split, tuple(cfg.answer_patterns), tuple(cfg.weak_answer_patterns),
-                    cfg.reflection_pattern)
+                    cfg.reflection_pattern, cfg.pattern_timeout_s)
+
+
+def _timed_out(m: _Matchers, pattern: regex.Pattern, text: str) -> PatternTimeout:
+    return PatternTimeout(
+        f"{m.names[pattern]}: took over {m.timeout_s:g} s on one response of {len(text):,} "
+        "characters (mask.pattern_timeout_s), so it likely backtracks catastrophically: make its "
+        "repeats possessive (*+, ++) or atomic (?>...)")
 
 
 def _answer_events(text: str, m: _Matchers) -> list[tuple[int, int, str]]:
     """(start, end, answer) of every answer statement, overlapping statements merged."""
-    events = [(hit.start(), hit.end(), hit.group("answer"))
-              for pattern in (*m.answers, *m.weak_answers) for hit in pattern.finditer(text)]
+    events = []
+    try:
+        for pattern in (*m.answers, *m.weak_answers):
+            events.extend((hit.start(), hit.end(), hit.group("answer"))
+                          for hit in pattern.finditer(text, timeout=m.timeout_s))
+    except TimeoutError:
+        raise _timed_out(m, pattern, text) from None
     if len(events) < 2:
         return events
     events.sort()
@@ -128,7 +158,10 @@ def _segment(text: str, m: _Matchers) -> Segmentation:
     round_starts = [0, *sorted({c for c in answer_cuts if 0 < c < last_cut})]
     reflection_starts = set()
     for start in round_starts[1:]:
-        cue = m.reflection.match(text, _SPACE.match(text, start).end())
+        try:
+            cue = m.reflection.match(text, _SPACE.match(text, start).end(), timeout=m.timeout_s)
+        except TimeoutError:
+            raise _timed_out(m, m.reflection, text) from None
         if cue and cue.end() > cue.start():
             reflection_starts.add(start)
             cue_end = cue.end()

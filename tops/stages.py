@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
+import inspect
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
 
-from tops.artifacts import check_output_free, read_artifact, timed, write_artifact
+from tops.artifacts import output_lock, read_artifact, timed, write_artifact
 from tops.artifacts import record_stage as _record_stage
 from tops.config import TopsConfig, config_section
 from tops.errors import EXIT_OUT_OF_MEMORY, UserError
 from tops.gpus import device_share
+from tops.launch import in_launched_process
 from tops.layout import MANIFEST, default_label
 
 console = Console(stderr=True)
@@ -33,6 +36,23 @@ def record_stage(out: Path, stage: str, **record) -> None:
     with open(out.parent / f".{MANIFEST}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         _record_stage(out, stage, **record)
+
+
+def one_writer(run: Callable) -> Callable:
+    """Run the stage holding its output's lock (tops.artifacts.output_lock), from its first read
+    to its manifest record: a second `tops <stage> --out X`, or a second flow on the same run
+    folder, fails at once naming the holder's pid instead of racing it to the final rename.
+    The ranks `accelerate launch` starts for a training stage run under their launcher's lock."""
+    signature = inspect.signature(run)
+
+    @functools.wraps(run)
+    def locked(*args, **kwargs):
+        if in_launched_process():
+            return run(*args, **kwargs)
+        with output_lock(signature.bind(*args, **kwargs).arguments["out"]):
+            return run(*args, **kwargs)
+
+    return locked
 
 
 def _print_summary(stage: str, summary: dict) -> None:
@@ -64,6 +84,7 @@ def take_shard(problems: pd.DataFrame, shard: tuple[int, int]) -> pd.DataFrame:
     return shard_frame(problems, index, count)
 
 
+@one_writer
 def run_problems(cfg: TopsConfig, out: Path, n: int | None = None, seed: int | None = None,
                  exclude: Sequence[Path] = (), heldout: bool = False, exact: bool = False) -> pd.DataFrame:
     """`exact` (the flow): fewer problems than asked is an error, not a smaller split."""
@@ -82,6 +103,7 @@ def run_problems(cfg: TopsConfig, out: Path, n: int | None = None, seed: int | N
     return problems
 
 
+@one_writer
 def run_generate(cfg: TopsConfig, out: Path, problems_path: Path | None = None, model: str | None = None,
                  engine=None, progress: bool = True, label: str | None = None,
                  shard: tuple[int, int] = (0, 1)) -> dict:
@@ -95,7 +117,6 @@ def run_generate(cfg: TopsConfig, out: Path, problems_path: Path | None = None, 
     problems = take_shard(problems, shard)
     if problems.empty:
         raise UserError(f"{problems_path or 'problems'}: no rows (empty input)")
-    check_output_free(out)  # a second writer of this output fails now, before a model loads
     model_name = model or cfg.model.base
     with timed() as clock:
         owned = engine is None
@@ -118,6 +139,7 @@ def run_generate(cfg: TopsConfig, out: Path, problems_path: Path | None = None, 
     return summary
 
 
+@one_writer
 def run_verify(cfg: TopsConfig, in_path: Path, out: Path, progress: bool = True) -> dict:
     from tops.verify import verify_samples
 
@@ -131,6 +153,7 @@ def run_verify(cfg: TopsConfig, in_path: Path, out: Path, progress: bool = True)
     return summary
 
 
+@one_writer
 def run_select(cfg: TopsConfig, in_path: Path, out: Path, seed_path: Path | None = None) -> dict:
     from tops.select import select_responses
 
@@ -148,6 +171,7 @@ def run_select(cfg: TopsConfig, in_path: Path, out: Path, seed_path: Path | None
     return summary
 
 
+@one_writer
 def run_pairs(cfg: TopsConfig, in_path: Path, out: Path) -> dict:
     from tops.pairs import build_pairs
 
@@ -163,6 +187,7 @@ def run_pairs(cfg: TopsConfig, in_path: Path, out: Path) -> dict:
     return summary
 
 
+@one_writer
 def run_mask(cfg: TopsConfig, in_path: Path, out: Path, judge=None, progress: bool = True) -> dict:
     from tops.masking import mask_responses
 
@@ -198,6 +223,7 @@ def _oom_marker(out: Path) -> Path:
     return out.with_name(out.name + ".oom")
 
 
+@one_writer
 def run_train(cfg: TopsConfig, method: str, data: Path, kind: str, out: Path, base: str | None = None,
               argv: Sequence[str] | None = None) -> dict | None:
     """SFT or DPO into the model folder `out`. With train.num_processes > 1 the command `argv`
@@ -206,7 +232,7 @@ def run_train(cfg: TopsConfig, method: str, data: Path, kind: str, out: Path, ba
     micro-batch). Returns the summary (None in a process that only launched the others)."""
     from tops.models import resolve_model
     from tops.train import maybe_relaunch, train_dpo, train_sft
-    from tops.train.common import in_launched_process, is_main_process
+    from tops.train.common import is_main_process
 
     if method not in ("sft", "dpo"):
         raise UserError(f"train method {method!r}: expected sft or dpo")
@@ -250,6 +276,7 @@ def _exit_out_of_memory(out: Path) -> None:
     raise SystemExit(EXIT_OUT_OF_MEMORY)
 
 
+@one_writer
 def run_seed(cfg: TopsConfig, out: Path, problems_path: Path | None = None,
              base_model: str | None = None, shard: tuple[int, int] = (0, 1)) -> dict:
     """Seed data from the configured teacher, with the paper's rules (tops.seed), which look at
@@ -294,6 +321,7 @@ def _work_dir(out: Path, shard: tuple[int, int]) -> Path:
     return out.parent if shard[1] == 1 else out.parent / f"{out.stem}.work"
 
 
+@one_writer
 def run_eval(cfg: TopsConfig, out: Path, models: list[str], train_problems: list[Path],
              progress: bool = True, problems_path: Path | None = None, labels: list[str] | None = None,
              shard: tuple[int, int] = (0, 1)) -> str:

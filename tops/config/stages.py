@@ -116,6 +116,16 @@ class PairsConfig(Strict):
     add_short_incorrect: bool = True
 
 
+def _compiled(pattern: str):
+    """Compiled by the engine the mask stage runs them with (`regex`: it can time a match out)."""
+    import regex
+
+    try:
+        return regex.compile(pattern)
+    except regex.error as exc:
+        raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
+
+
 class MaskConfig(Strict):
     enabled: bool = True  # False: the paper's "train on all tokens" ablation
     mode: Literal["rounds", "judge"] = "rounds"
@@ -153,29 +163,23 @@ class MaskConfig(Strict):
     judge_engine: EngineConfig | None = None
     judge_model: str | None = None
 
+    # The most one pattern may spend on one response. The defaults are linear; a pattern that
+    # backtracks catastrophically on some response fails the stage, naming itself, instead of
+    # stalling it for hours.
+    pattern_timeout_s: float = Field(2.0, gt=0)
+
     @field_validator("answer_patterns", "weak_answer_patterns")
     @classmethod
     def _patterns_capture_answer(cls, patterns: list[str]) -> list[str]:
-        import re
-
         for pattern in patterns:
-            try:
-                compiled = re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
-            if "answer" not in compiled.groupindex:
+            if "answer" not in _compiled(pattern).groupindex:
                 raise ValueError(f"regex {pattern!r} needs a named group (?P<answer>...)")
         return patterns
 
     @field_validator("reflection_pattern")
     @classmethod
     def _pattern_compiles(cls, pattern: str) -> str:
-        import re
-
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise ValueError(f"invalid regex {pattern!r}: {exc}") from None
+        _compiled(pattern)
         return pattern
 
     @field_validator("judge_prompt")

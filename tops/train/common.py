@@ -28,6 +28,7 @@ import pyarrow as pa
 from tops.artifacts import atomic_write_table, atomic_write_text, fingerprint
 from tops.config import TrainConfig
 from tops.errors import EXIT_OUT_OF_MEMORY, UserError
+from tops.launch import in_launched_process
 from tops.models import COMPLETE_MARKER
 from tops.train.kernels import TrainSetup
 
@@ -46,10 +47,6 @@ def is_main_process() -> bool:
     """Rank 0, or a single process. Read from the environment so it works before the Trainer
     (and accelerate's state) exists."""
     return int(os.environ.get("RANK", "0")) == 0
-
-
-def in_launched_process() -> bool:
-    return "LOCAL_RANK" in os.environ or os.environ.get("TOPS_LAUNCHED") == "1"
 
 
 def relaunch_command(argv: Sequence[str], cfg: TrainConfig) -> list[str] | None:
