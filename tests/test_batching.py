@@ -287,3 +287,41 @@ def test_full_weight_dpo_precomputes_the_reference(tiny_model_dir, tmp_path):
     assert summary["setup"]["max_tokens_per_batch"] is None
     assert reference_of(cfg.model_copy(update={"num_processes": 8})) == "reference model prepared like the policy"
     assert reference_of(TrainConfig()) == "adapter off"
+
+
+def test_train_stage_turns_out_of_memory_into_exit_code_3(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """The stage runner's side (tops.stages.run_train): a real failed allocation anywhere in
+    training exits EXIT_OUT_OF_MEMORY with one line, which the flow answers with half the
+    micro-batch (flows/tasks.py); a launched rank's failure arrives as that exit code."""
+    import torch
+
+    import tops.train
+    from tops.artifacts import write_artifact
+    from tops.config import load_config
+    from tops.stages import run_train
+
+    data = tmp_path / "samples.parquet"
+    write_artifact(sft_rows(4).assign(answer="1", difficulty=None, sample_idx=0, n_tokens=1, finish_reason="stop"),
+                   data, "samples")
+    cfg = load_config(None, [f"model.base={tiny_model_dir}"])
+    for var in ("LOCAL_RANK", "TOPS_LAUNCHED"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(tops.train, "train_sft", lambda *args: torch.empty(10**13))  # 40 TB
+    with pytest.raises(SystemExit) as single:
+        run_train(cfg, "sft", data, "samples", tmp_path / "model", argv=[])
+    assert single.value.code == EXIT_OUT_OF_MEMORY
+    assert "out of memory while training" in capsys.readouterr().err
+
+    def launched_rank_ran_out(argv, train_cfg):
+        raise SystemExit(EXIT_OUT_OF_MEMORY)  # what maybe_relaunch raises when a rank left its marker
+
+    monkeypatch.setattr(tops.train, "maybe_relaunch", launched_rank_ran_out)
+    with pytest.raises(SystemExit) as launched:
+        run_train(cfg, "sft", data, "samples", tmp_path / "model", argv=[])
+    assert launched.value.code == EXIT_OUT_OF_MEMORY
+    assert "out of memory while training" in capsys.readouterr().err
+    monkeypatch.setattr(tops.train, "maybe_relaunch", lambda argv, train_cfg: (_ for _ in ()).throw(SystemExit(1)))
+    with pytest.raises(SystemExit) as failed:
+        run_train(cfg, "sft", data, "samples", tmp_path / "model", argv=[])
+    assert failed.value.code == 1 and "out of memory" not in capsys.readouterr().err
+    assert not (tmp_path / "model").exists() and not list(tmp_path.glob("model.*"))  # no lock, no marker left

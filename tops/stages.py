@@ -211,18 +211,6 @@ def run_mask(cfg: TopsConfig, in_path: Path, out: Path, judge=None, progress: bo
     return summary
 
 
-def _is_oom(exc: BaseException) -> bool:
-    from tops.train.common import is_out_of_memory  # CUDA's and a failed CPU allocation alike
-
-    return is_out_of_memory(exc)
-
-
-def _oom_marker(out: Path) -> Path:
-    """Left by a launched rank that ran out of memory, so the launching process exits with
-    EXIT_OUT_OF_MEMORY whatever code `accelerate launch` itself returns."""
-    return out.with_name(out.name + ".oom")
-
-
 @one_writer
 def run_train(cfg: TopsConfig, method: str, data: Path, kind: str, out: Path, base: str | None = None,
               argv: Sequence[str] | None = None) -> dict | None:
@@ -232,7 +220,7 @@ def run_train(cfg: TopsConfig, method: str, data: Path, kind: str, out: Path, ba
     micro-batch). Returns the summary (None in a process that only launched the others)."""
     from tops.models import resolve_model
     from tops.train import maybe_relaunch, train_dpo, train_sft
-    from tops.train.common import is_main_process
+    from tops.train.common import is_main_process, is_out_of_memory
 
     if method not in ("sft", "dpo"):
         raise UserError(f"train method {method!r}: expected sft or dpo")
@@ -240,24 +228,19 @@ def run_train(cfg: TopsConfig, method: str, data: Path, kind: str, out: Path, ba
         raise UserError(f"--kind {kind!r}: expected selected, masked or samples")
     frame = read_artifact(data, kind)
     model = resolve_model(base or cfg.model.base)  # once, before any relaunch into several ranks
-    marker = _oom_marker(out)
-    marker.unlink(missing_ok=True)
     summary = None
     with timed() as clock:
         try:
             if not maybe_relaunch(list(argv if argv is not None else sys.argv[1:]), cfg.train):
                 train = train_dpo if method == "dpo" else train_sft
                 summary = train(frame, model, out, cfg.train, cfg.efforts.prompts)
-        except SystemExit as exc:  # the launched processes failed
-            if marker.exists():
-                marker.unlink()
+        except SystemExit as exc:  # the launched ranks failed: EXIT_OUT_OF_MEMORY if one ran out
+            if exc.code == EXIT_OUT_OF_MEMORY:
                 _exit_out_of_memory(out)
-            raise exc
-        except Exception as exc:
-            if not _is_oom(exc):
+            raise
+        except Exception as exc:  # a launched rank also marks it for its launcher (out_of_memory_guard)
+            if not is_out_of_memory(exc):
                 raise
-            if in_launched_process():
-                marker.touch()
             _exit_out_of_memory(out)
     if in_launched_process() or not is_main_process():
         return summary
@@ -272,7 +255,8 @@ def run_train(cfg: TopsConfig, method: str, data: Path, kind: str, out: Path, ba
 
 
 def _exit_out_of_memory(out: Path) -> None:
-    console.print(f"error: {out}: out of memory while training; retry with a smaller train.batch_size")
+    print(f"error: {out}: out of memory while training; retry with a smaller train.batch_size",
+          file=sys.stderr)  # one line: a console would wrap it at its width
     raise SystemExit(EXIT_OUT_OF_MEMORY)
 
 
