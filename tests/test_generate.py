@@ -114,19 +114,27 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_openai_engine_against_real_vllm_serve(tiny_model_dir, smoke_config):
-    from tops.engines import make_engine
+def test_openai_engine_against_real_vllm_serve(tmp_path_factory, smoke_config):
+    """A real `vllm serve --reasoning-parser deepseek_r1` on an R1-style model (its generation
+    prompt opens `<think>\n`): the stored response is exactly what the same server writes for
+    the same prompt without the parser (/v1/completions), with the template's opening put back,
+    i.e. what an offline engine stores."""
+    import httpx
 
+    from tops.engines import make_engine
+    from tops.engines.render import render_chat
+    from tops.thinking import self_contained
+    from tops.tiny import R1_STYLE_TEMPLATE, build_tiny_model
+
+    model = build_tiny_model(tmp_path_factory.mktemp("models") / "r1", chat_template=R1_STYLE_TEMPLATE)
     port = _free_port()
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model_dir),
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
          "--port", str(port), "--host", "127.0.0.1", "--max-model-len", "512", "--enforce-eager",
-         "--dtype", "float32"],
+         "--dtype", "float32", "--reasoning-parser", "deepseek_r1"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        import httpx
-
         deadline = time.time() + 240
         while time.time() < deadline:
             try:
@@ -137,8 +145,8 @@ def test_openai_engine_against_real_vllm_serve(tiny_model_dir, smoke_config):
             assert server.poll() is None, "vllm serve exited during start-up"
             time.sleep(2)
         cfg = smoke_config.engine.model_copy(update={"kind": "openai", "base_url": f"http://127.0.0.1:{port}/v1",
-                                                     "served_model": str(tiny_model_dir)})
-        engine = make_engine(str(tiny_model_dir), cfg)
+                                                     "served_model": str(model)})
+        engine = make_engine(str(model), cfg)
         reqs = [Request([{"role": "user", "content": "What is 2 + 2?"}]),
                 Request([{"role": "user", "content": "Go on"}], prefix="The answer")]
         out = engine.generate(reqs, 2, SamplingConfig(max_tokens=12, temperature=1.0))
@@ -146,6 +154,17 @@ def test_openai_engine_against_real_vllm_serve(tiny_model_dir, smoke_config):
         for completions in out:
             for c in completions:
                 assert 1 <= c.n_tokens <= 12 and c.finish_reason in {"stop", "length"}
+
+        greedy = SamplingConfig(max_tokens=16, temperature=0.0)
+        for question in ("What is 2 + 2?", "What is 17 + 25?"):
+            request = Request([{"role": "user", "content": question}])
+            prompt = render_chat(engine.tokenizer, request)
+            assert prompt.endswith("<think>\n")  # the template opens the thought
+            raw = httpx.post(f"http://127.0.0.1:{port}/v1/completions", timeout=60, json={
+                "model": str(model), "prompt": prompt, "max_tokens": 16, "temperature": 0.0}).json()
+            stored = engine.generate([request], 1, greedy)[0][0]
+            assert stored.text == self_contained(prompt, raw["choices"][0]["text"])
+            assert stored.text.startswith("<think>\n")
         engine.close()
     finally:
         os.killpg(server.pid, signal.SIGTERM)

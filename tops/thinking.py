@@ -38,15 +38,19 @@ def cut_off_in_thinking(response: str) -> bool:
     return opened >= 0 and response.find(THINK_CLOSE, opened) < 0
 
 
-def join_reasoning(reasoning: str | None, content: str | None, finish_reason: str | None) -> str:
+def join_reasoning(reasoning: str | None, content: str | None, finish_reason: str | None,
+                   opening: str = THINK_OPEN) -> str:
     """One response from a server's separate thought and answer. A thought cut off by the
-    token limit with no answer after it stays open: the server stopped inside the thinking."""
+    token limit with no answer after it stays open: the server stopped inside the thinking.
+    `opening`: what opened the thought, the prompt's open tail when the template wrote it
+    (`<think>\n` for R1 distills: the parser returns only what the model wrote after it), so
+    the response reads exactly as an offline engine stores it."""
     content = content or ""
     if not reasoning:
         return content
     if not content and finish_reason == "length":
-        return f"{THINK_OPEN}{reasoning}"
-    return f"{THINK_OPEN}{reasoning}{THINK_CLOSE}{content}"
+        return f"{opening}{reasoning}"
+    return f"{opening}{reasoning}{THINK_CLOSE}{content}"
 
 
 def without_open_tail(prompt: str, response: str) -> str:

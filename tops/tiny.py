@@ -98,6 +98,8 @@ def build_tiny_model(out_dir: str | Path, vocab_size: int = 512, seed: int = 0,
         unk_token=None,
     )
     fast.chat_template = chat_template
+    if "<think>" in chat_template:  # as in real reasoning models: one (non-special) token each, which
+        fast.add_tokens(["<think>", "</think>"])  # a server's reasoning parser looks up
 
     torch.manual_seed(seed)
     config = Qwen2Config(

@@ -17,7 +17,7 @@ import httpx
 from tops.engines.base import Completion, Request
 from tops.engines.render import count_tokens, render_chat, response_text
 from tops.errors import UserError
-from tops.thinking import join_reasoning
+from tops.thinking import THINK_OPEN, join_reasoning, open_thinking_tail
 
 
 class OpenAIEngine:
@@ -84,17 +84,23 @@ class OpenAIEngine:
         no separate thought, the thinking opening the (local copy of the) template wrote, if any."""
         message = choice["message"]
         reasoning = message.get("reasoning_content") or message.get("reasoning")
-        if reasoning:
-            return join_reasoning(reasoning, message.get("content"), choice.get("finish_reason"))
         content = message.get("content") or ""
-        if getattr(self.tokenizer, "chat_template", None):
-            from jinja2 import TemplateError
+        prompt = self._local_prompt(request)
+        if reasoning:
+            opening = (open_thinking_tail(prompt) if prompt and not request.prefix else "") or THINK_OPEN
+            return join_reasoning(reasoning, content, choice.get("finish_reason"), opening)
+        return content if prompt is None else response_text(prompt, request, content)
 
-            try:
-                return response_text(render_chat(self.tokenizer, request), request, content)
-            except (TemplateError, ValueError):  # the local copy cannot render it: content as it came
-                return content
-        return content
+    def _local_prompt(self, request: Request) -> str | None:
+        """The prompt as the local copy of the chat template renders it (None: it cannot)."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            return None
+        from jinja2 import TemplateError
+
+        try:
+            return render_chat(self.tokenizer, request)
+        except (TemplateError, ValueError):
+            return None
 
     def generate(self, requests: list[Request], n: int, sampling) -> list[list[Completion]]:
         with ThreadPoolExecutor(self.concurrency) as pool:
