@@ -319,3 +319,16 @@ def test_cli_push_without_token_fails_clearly(run_dir, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: no Hugging Face token")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_run_is_a_folder_path_or_a_plain_name_under_the_runs_root(tmp_path, monkeypatch):
+    from tops.hub import resolve_run_dir
+
+    root = tmp_path / "data" / "runs"
+    (root / "demo").mkdir(parents=True)
+    (tmp_path / "data" / "secret").mkdir()
+    monkeypatch.chdir(tmp_path / "data" / "runs" / "demo")  # ./../secret does not exist from here
+    assert resolve_run_dir("demo", root) == root / "demo"
+    assert resolve_run_dir(str(root / "demo"), root) == root / "demo"
+    with pytest.raises(UserError, match=r"no such run folder \(looked for \.\./secret\)"):
+        resolve_run_dir("../secret", root)  # a path: never root/../secret

@@ -60,11 +60,16 @@ class ExportPlan:
 
 
 def resolve_run_dir(run: str | Path, root: str | Path | None = None) -> Path:
-    """A run folder path, or a run name under `root` (default data/runs)."""
+    """A run folder path, or a run name under `root` (default data/runs). Only a name that
+    `run.name` accepts is looked up under `root`, so "../x" means ./../x and nothing else."""
+    from tops.config import RunConfig
+
     root = Path(root) if root is not None else DEFAULT_RUNS_ROOT
     candidates = [Path(run)]
-    if not Path(run).is_absolute():
-        candidates.append(root / run)
+    try:
+        candidates.append(root / RunConfig(name=str(run)).name)
+    except ValueError:  # a path, not a name
+        pass
     for candidate in candidates:
         if candidate.is_dir():
             return candidate
