@@ -184,28 +184,34 @@ class Loop:
     def children_in_lanes(self, label: str, stages: list[ChildStage], lanes: list) -> list[str]:
         """Heavy stages that depend on nothing but their inputs, len(lanes) at a time: stage i runs
         in lane i % len(lanes) (a tops.gpus.lane_plans share of the node) after the lane's previous
-        stage, so two stages never share a lane's GPUs or cores. Each is its own cached task."""
+        stage, so two stages never share a lane's GPUs or cores. Each is its own cached task.
+
+        The lanes are shares of this node (GPU and core ids as this process sees them), so they run
+        on a thread pool of their own here, whatever `flow.runner` maps elsewhere (Ray)."""
+        from prefect.task_runners import ThreadPoolTaskRunner
+
         keyed = [self.output(s.name, s.section, s.inputs) for s in stages]
         width = len(lanes)
 
         def run_all() -> list[str]:
             futures = []
-            for i, (stage, (key, out)) in enumerate(zip(stages, keyed, strict=True)):
-                plan = lanes[i % width]
-                lane_before = [futures[i - width]] if i >= width else []
-                common = {"cfg": stage.cfg, "key": key, "out": str(out), "run_dir": str(self.dir),
-                          "stage": stage.name, "args": stage.args, "wait_for": lane_before}
-                if plan.size > 1:
-                    future = self.task(sharded_task, stage.name).submit(
-                        **common, plan=plan, kind=stage.sharded.kind, problems=stage.sharded.problems,
-                        every_problem=stage.sharded.every_problem)
-                else:
-                    future = self.task(child_task, stage.name).submit(**common, env=plan.groups[0].env())
-                futures.append(future)
-            done = []
-            for stage, future in zip(stages, futures, strict=True):
-                with failures_named(stage.name):
-                    done.append(future.result())
+            with ThreadPoolTaskRunner(max_workers=width) as local:
+                for i, (stage, (key, out)) in enumerate(zip(stages, keyed, strict=True)):
+                    plan = lanes[i % width]
+                    lane_before = [futures[i - width]] if i >= width else []
+                    common = {"cfg": stage.cfg, "key": key, "out": str(out), "run_dir": str(self.dir),
+                              "stage": stage.name, "args": stage.args}
+                    if plan.size > 1:
+                        task, parameters = sharded_task, {
+                            **common, "plan": plan, "kind": stage.sharded.kind, "problems": stage.sharded.problems,
+                            "every_problem": stage.sharded.every_problem}
+                    else:
+                        task, parameters = child_task, {**common, "env": plan.groups[0].env()}
+                    futures.append(local.submit(self.task(task, stage.name), parameters, wait_for=lane_before))
+                done = []
+                for stage, future in zip(stages, futures, strict=True):
+                    with failures_named(stage.name):
+                        done.append(future.result())
             return done
 
         return self.timed(label, [out for _, out in keyed], run_all)

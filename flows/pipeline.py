@@ -392,7 +392,7 @@ def task_runner_for(cfg: TopsConfig):
         return RayTaskRunner(init_kwargs={"num_cpus": os.cpu_count() or 2, "runtime_env": {"env_vars": env}})
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    return ThreadPoolTaskRunner(max_workers=max(cfg.flow.generate_shards, cfg.flow.concurrent_evals))
+    return ThreadPoolTaskRunner(max_workers=cfg.flow.generate_shards)  # evaluation lanes have their own
 
 
 def run(config: str | None = None, overrides: list[str] | None = None) -> dict:

@@ -324,24 +324,38 @@ def test_bad_config_fails_before_any_work(tmp_path):
 
 
 def test_ray_runner_maps_generation_shards(harness, tmp_path, tiny_model_dir):
-    """Distributed sampling: shards mapped over prefect-ray's RayTaskRunner on a local Ray."""
+    """Distributed sampling: shards mapped over prefect-ray's RayTaskRunner on a local Ray. The
+    evaluation lanes (flow.concurrent_evals: 2) are shares of the flow's own node: they run on a
+    thread pool of their own there, pinned to this node's cores, under the Ray runner too."""
     from prefect import flow
 
     from tops.flows.loop import Loop
-    from tops.flows.pipeline import _problems, _sample, task_runner_for
+    from tops.flows.pipeline import _problems, _sample, evaluate_all, task_runner_for
+    from tops.gpus import usable_cpus
 
     cfg = load_config(SMOKE, _overrides(tmp_path, tiny_model_dir, "flow.runner=ray", "flow.generate_shards=2",
-                                        "generate.n_samples=1"))
+                                        "generate.n_samples=1", "eval.n_problems=3", "eval.seeds=[0]"))
+    assert cfg.flow.concurrent_evals == 2
     runner = task_runner_for(cfg)
     assert runner.__class__.__name__ == "RayTaskRunner"
 
     @flow(task_runner=runner)
-    def sample_only():
+    def sample_and_evaluate():
         loop = Loop(cfg)
         problems = _problems(loop, "train", 6, 0, [])
-        return _sample(loop, "generate", str(tiny_model_dir), "tiny", problems, cfg.generate)
+        samples = _sample(loop, "generate", str(tiny_model_dir), "tiny", problems, cfg.generate)
+        held_out = _problems(loop, "eval", None, None, [problems], heldout=True)
+        models = {"a": (str(tiny_model_dir), ["none"]), "b": (str(tiny_model_dir), ["low"])}
+        return samples, evaluate_all(loop, models, held_out)
 
-    samples = read_artifact(sample_only(), "samples")
+    samples, evals = sample_and_evaluate()
+    assert [sorted(set(read_artifact(p, "eval")["effort"])) for p in evals] == [["none"], ["low"]]
+    records = json.loads((tmp_path / "smoke" / "stages" / "manifest.json").read_text())["stages"]
+    if len(usable_cpus()) >= 2:
+        cores = [{int(c) for c in r["summary"]["device_share"]["cores"].split(",")}
+                 for r in records.values() if r["stage"] == "eval"]
+        assert len(cores) == 2 and not cores[0] & cores[1]
+    samples = read_artifact(samples, "samples")
     assert len(samples) == 6 * 3 and not samples.duplicated(["problem_id", "effort", "sample_idx"]).any()
     assert set(samples["model"]) == {"tiny"}
     shards = sorted(Path(tmp_path / "smoke" / "stages").glob("generate-shard*-*.parquet"))
