@@ -121,6 +121,15 @@ def _timed_out(m: _Matchers, pattern: regex.Pattern, text: str) -> PatternTimeou
         "repeats possessive (*+, ++) or atomic (?>...)")
 
 
+def _times_out(pattern: regex.Pattern, text: str, timeout_s: float) -> bool:
+    try:
+        for _ in pattern.finditer(text, timeout=timeout_s):
+            pass
+    except TimeoutError:
+        return True
+    return False
+
+
 def _answer_events(text: str, m: _Matchers) -> list[tuple[int, int, str]]:
     """(start, end, answer) of every answer statement, overlapping statements merged."""
     events = []
@@ -129,6 +138,8 @@ def _answer_events(text: str, m: _Matchers) -> list[tuple[int, int, str]]:
             events.extend((hit.start(), hit.end(), hit.group("answer"))
                           for hit in pattern.finditer(text, timeout=m.timeout_s))
     except TimeoutError:
+        if pattern in m.weak_answers and _times_out(m.reflection, text, m.timeout_s):
+            pattern = m.reflection  # the cue inside the weak pattern's lookahead is the culprit
         raise _timed_out(m, pattern, text) from None
     if len(events) < 2:
         return events
