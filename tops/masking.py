@@ -4,10 +4,9 @@ A long chain of thought often states a wrong intermediate answer and fixes it la
 Wait, that is wrong: ... = 42"). Training on all of it teaches the wrong steps too; the paper
 masks the loss on them instead (and masking beats dropping such responses).
 
-A response is cut into *steps* (lines or paragraphs) and into *reasoning rounds*: a round ends
-where the response states an answer (`MaskConfig.answer_patterns`, or a weak pattern such as
-"= 41" when a reflection cue like "Wait" follows). The last round carries the verified answer
-and is never masked. A round is erroneous when its answer differs from the gold one
+A response is cut into *steps* (lines or paragraphs) and into *reasoning rounds*, each ending
+where the response states an answer (tops.segmentation). The last round carries the verified
+answer and is never masked. A round is erroneous when its answer differs from the gold one
 (judge-free mode) or when a judge model names one of its steps as the first incorrect one
 (judge mode). The reflection clause that opens a round ("Wait, that is wrong:") is kept: it is
 exactly what the model should learn.
@@ -18,182 +17,23 @@ into per-token flags with a tokenizer's offset mapping at training time.
 
 from __future__ import annotations
 
-import bisect
 import gc
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from functools import lru_cache
-from itertools import pairwise
 
 import numpy as np
 import pandas as pd
-import regex
 
 from tops.answers import same_answer
 from tops.config import MaskConfig
 from tops.engines.base import Engine, Request
 from tops.errors import UserError
+from tops.segmentation import Matchers, Segmentation, matchers, segment, segment_with
 
-# Where steps are cut: after the last newline of a whitespace run, never before a word's
-# leading space. BPE tokenizers glue that space to the word (" Wait"), so cutting before it
-# keeps a token from straddling a wrong step and the reflection after it.
-_STEP_SEPARATORS = {
-    "line": r"\n(?:[^\S\n]*\n)*",
-    "paragraph": r"\n[^\S\n]*\n(?:[^\S\n]*\n)*",
-}
-# What may follow an answer before its round really ends: closing delimiters, punctuation, and
-# the line break when the line ends there ("\boxed{41}$.\n" or "= 41." before " Wait").
-_ANSWER_TAIL = re.compile(r"[$)\]]*[.,;:!?]*(?:\s*\n)?")
-_LINE_TAIL = re.compile(r"(?:[^\S\n]*\n)*")
-_SPACE = re.compile(r"\s*")
-
-
-# ---------------------------------------------------------------- segmentation
-
-
-@dataclass(frozen=True)
-class Segmentation:
-    """Steps of one response, the round each belongs to, and each round's stated answer."""
-
-    bounds: list[tuple[int, int]]  # [start, end) of each step; they tile the text
-    round_of: list[int]  # round index of each step
-    reflection: list[bool]  # the step is the reflection clause opening its round
-    round_answers: list[str | None]  # one per round; the last one is the final round's
-
-    @property
-    def n_rounds(self) -> int:
-        return len(self.round_answers)
-
-
-@dataclass(frozen=True)
-class _Matchers:
-    separator: re.Pattern
-    answers: tuple[regex.Pattern, ...]
-    weak_answers: tuple[regex.Pattern, ...]
-    reflection: regex.Pattern
-    names: Mapping[regex.Pattern, str]  # the config field each configured pattern came from
-    timeout_s: float
-
-
-class PatternTimeout(UserError):
-    """A configured pattern took longer than mask.pattern_timeout_s on one response."""
-
-
-@lru_cache(maxsize=16)
-def _compile(step_split: str, answers: tuple[str, ...], weak: tuple[str, ...],
-             reflection: str, timeout_s: float) -> _Matchers:
-    # A weak answer counts only before a reflection cue. Checking that in a lookahead avoids
-    # two Python-level matches per "= N" of the working; the atomic group stops it retrying
-    # every shorter tail (an atomic group around the answer pattern itself would cost the
-    # engine its fast scan for the leading "=", hence possessive quantifiers there instead).
-    # Configured patterns run on `regex`, which can stop a match after timeout_s (`re` cannot);
-    # on these patterns it is as fast as `re` and reads them the same way.
-    before_cue = rf"(?=(?>{_ANSWER_TAIL.pattern}\s*)(?:{reflection}))"
-    answer_patterns = tuple(regex.compile(p) for p in answers)
-    weak_patterns = tuple(regex.compile(f"(?:{p}){before_cue}") for p in weak)
-    reflection_pattern = regex.compile(reflection)
-    names = {**{p: f"mask.answer_patterns[{i}] {answers[i]!r}" for i, p in enumerate(answer_patterns)},
-             **{p: f"mask.weak_answer_patterns[{i}] {weak[i]!r} (with mask.reflection_pattern)"
-                for i, p in enumerate(weak_patterns)},
-             reflection_pattern: f"mask.reflection_pattern {reflection!r}"}
-    return _Matchers(
-        separator=re.compile(_STEP_SEPARATORS[step_split]),
-        answers=answer_patterns,
-        weak_answers=weak_patterns,
-        reflection=reflection_pattern,
-        names=names,
-        timeout_s=timeout_s,
-    )
-
-
-def _matchers(cfg: MaskConfig) -> _Matchers:
-    return _compile(cfg.step_split, tuple(cfg.answer_patterns), tuple(cfg.weak_answer_patterns),
-                    cfg.reflection_pattern, cfg.pattern_timeout_s)
-
-
-def _timed_out(m: _Matchers, pattern: regex.Pattern, text: str) -> PatternTimeout:
-    return PatternTimeout(
-        f"{m.names[pattern]}: took over {m.timeout_s:g} s on one response of {len(text):,} "
-        "characters (mask.pattern_timeout_s), so it likely backtracks catastrophically: make its "
-        "repeats possessive (*+, ++) or atomic (?>...)")
-
-
-def _times_out(pattern: regex.Pattern, text: str, timeout_s: float) -> bool:
-    try:
-        for _ in pattern.finditer(text, timeout=timeout_s):
-            pass
-    except TimeoutError:
-        return True
-    return False
-
-
-def _answer_events(text: str, m: _Matchers) -> list[tuple[int, int, str]]:
-    """(start, end, answer) of every answer statement, overlapping statements merged."""
-    events = []
-    try:
-        for pattern in (*m.answers, *m.weak_answers):
-            events.extend((hit.start(), hit.end(), hit.group("answer"))
-                          for hit in pattern.finditer(text, timeout=m.timeout_s))
-    except TimeoutError:
-        if pattern in m.weak_answers and _times_out(m.reflection, text, m.timeout_s):
-            pattern = m.reflection  # the cue inside the weak pattern's lookahead is the culprit
-        raise _timed_out(m, pattern, text) from None
-    if len(events) < 2:
-        return events
-    events.sort()
-    merged = [events[0]]
-    for start, end, answer in events[1:]:
-        last_start, last_end, last_answer = merged[-1]
-        if start < last_end:  # "the answer is \boxed{41}": one statement, the first reading
-            merged[-1] = (last_start, max(last_end, end), last_answer)
-        else:
-            merged.append((start, end, answer))
-    return merged
-
-
-def segment(text: str, cfg: MaskConfig) -> Segmentation:
-    """Cut a response into steps and rounds (no judgement yet)."""
-    return _segment(text, _matchers(cfg))
-
-
-def _segment(text: str, m: _Matchers) -> Segmentation:
-    size = len(text)
-    cuts = {hit.end() for hit in m.separator.finditer(text)}
-    events = _answer_events(text, m)
-    answer_cuts = [_ANSWER_TAIL.match(text, end).end() for _, end, _ in events]
-    # The round of the last answer absorbs whatever trails it: it is the final round.
-    last_cut = max(answer_cuts, default=0)
-    round_starts = [0, *sorted({c for c in answer_cuts if 0 < c < last_cut})]
-    reflection_starts = set()
-    for start in round_starts[1:]:
-        try:
-            cue = m.reflection.match(text, _SPACE.match(text, start).end(), timeout=m.timeout_s)
-        except TimeoutError:
-            raise _timed_out(m, m.reflection, text) from None
-        if cue and cue.end() > cue.start():
-            reflection_starts.add(start)
-            cue_end = cue.end()
-            while text[cue_end - 1] in " \t":  # a trailing space belongs to the next word
-                cue_end -= 1
-            cuts.add(_LINE_TAIL.match(text, cue_end).end())
-    cuts.update(round_starts)
-    edges = [0, *sorted(c for c in cuts if 0 < c < size), size]
-    bounds = list(pairwise(edges)) if size else []
-    if len(round_starts) == 1:  # most responses: one round, nothing to look up
-        round_of, reflection = [0] * len(bounds), [False] * len(bounds)
-    else:
-        round_of = [bisect.bisect_right(round_starts, start) - 1 for start, _ in bounds]
-        reflection = [start in reflection_starts for start, _ in bounds]
-    if len(events) == len(round_starts):
-        round_answers: list[str | None] = [answer for _, _, answer in events]
-    else:  # no answer at all, or statements whose cuts coincide
-        round_answers = [None] * len(round_starts)
-        for (_, _, answer), cut in zip(events, answer_cuts, strict=True):
-            round_answers[bisect.bisect_left(round_starts, cut) - 1] = answer
-    return Segmentation(bounds, round_of, reflection, round_answers)
+__all__ = ["Segmentation", "answers_differ", "erroneous_spans", "judge_free_flags", "judge_request",
+           "judged_flags", "mask_responses", "parse_judge_reply", "segment", "token_loss_mask"]
 
 
 # ---------------------------------------------------------------- answer comparison
@@ -306,7 +146,7 @@ def mask_responses(
     responses = ["" if r is None else str(r) for r in selected["response"].tolist()]
     golds = ["" if a is None else str(a) for a in selected["answer"].tolist()]
     with _gc_paused():
-        segs = _segment_all(responses, _matchers(cfg), progress)
+        segs = _segment_all(responses, matchers(cfg), progress)
 
     judge_stats = {}
     if not cfg.enabled:
@@ -404,10 +244,10 @@ _PROGRESS_MIN_ROWS = 10_000  # below this a bar only flickers
 _PROGRESS_CHUNK = 2000
 
 
-def _segment_all(responses: list[str], matchers: _Matchers, progress: bool) -> list[Segmentation]:
+def _segment_all(responses: list[str], compiled: Matchers, progress: bool) -> list[Segmentation]:
     """Segment every response; the progress bar moves per chunk (per row costs ~20%)."""
     if not progress or len(responses) < _PROGRESS_MIN_ROWS:
-        return [_segment(text, matchers) for text in responses]
+        return [segment_with(text, compiled) for text in responses]
     from rich.console import Console
     from rich.progress import Progress
 
@@ -416,7 +256,7 @@ def _segment_all(responses: list[str], matchers: _Matchers, progress: bool) -> l
         task = bar.add_task("mask: segmenting", total=len(responses))
         for begin in range(0, len(responses), _PROGRESS_CHUNK):
             chunk = responses[begin:begin + _PROGRESS_CHUNK]
-            segs.extend(_segment(text, matchers) for text in chunk)
+            segs.extend(segment_with(text, compiled) for text in chunk)
             bar.update(task, completed=len(segs))
     return segs
 
