@@ -293,7 +293,10 @@ def iterate(loop: Loop, k: int, latest: str, latest_label: str, problems: str) -
 
 def evaluate(loop: Loop, label: str, model: str, efforts: list[str], eval_problems: str) -> str:
     """Held-out evaluation of one model in its own process; returns its eval artifact."""
-    stage = eval_stage(loop.cfg, label, model, efforts, eval_problems)
+    return _run_child_stage(loop, eval_stage(loop.cfg, label, model, efforts, eval_problems))
+
+
+def _run_child_stage(loop: Loop, stage: ChildStage) -> str:
     return loop.child(stage.name, stage.section, stage.inputs, stage.args, stage.cfg, sharded=stage.sharded)
 
 
@@ -306,7 +309,7 @@ def evaluate_all(loop: Loop, models: dict[str, tuple[str, list[str]]], eval_prob
     wanted = min(loop.cfg.flow.concurrent_evals, len(stages))
     lanes = lane_plans(loop.cfg.engine, wanted) if wanted > 1 else []
     if loop.planning or len(lanes) < 2:
-        parts = [loop.child(s.name, s.section, s.inputs, s.args, s.cfg, sharded=s.sharded) for s in stages]
+        parts = [_run_child_stage(loop, s) for s in stages]
         if loop.planning and len(lanes) > 1:
             for i, step in enumerate(loop.plan[-len(stages):]):
                 lane = lanes[i % len(lanes)]

@@ -68,7 +68,8 @@ class OpenAIEngine:
         if response.status_code >= 400:
             raise RuntimeError(f"{self.base_url}: HTTP {response.status_code}: {response.text[:300]}")
         choices = sorted(response.json()["choices"], key=lambda c: c["index"])
-        texts = [self._response(request, c) for c in choices]
+        prompt = self._local_prompt(request)  # once per request, not per choice
+        texts = [self._response(request, prompt, c) for c in choices]
         if all(c.get("token_ids") is not None for c in choices):
             counts = [len(c["token_ids"]) for c in choices]
         else:
@@ -79,13 +80,12 @@ class OpenAIEngine:
             for t, k, c in zip(texts, counts, choices, strict=True)
         ]
 
-    def _response(self, request: Request, choice: dict) -> str:
+    def _response(self, request: Request, prompt: str | None, choice: dict) -> str:
         """The whole response of one choice: the thought joined back in front of the answer; with
         no separate thought, the thinking opening the (local copy of the) template wrote, if any."""
         message = choice["message"]
         reasoning = message.get("reasoning_content") or message.get("reasoning")
         content = message.get("content") or ""
-        prompt = self._local_prompt(request)
         if reasoning:
             opening = (open_thinking_tail(prompt) if prompt and not request.prefix else "") or THINK_OPEN
             return join_reasoning(reasoning, content, choice.get("finish_reason"), opening)
