@@ -292,7 +292,7 @@ def test_full_weight_dpo_precomputes_the_reference(tiny_model_dir, tmp_path):
 def test_train_stage_turns_out_of_memory_into_exit_code_3(tmp_path, tiny_model_dir, monkeypatch, capsys):
     """The stage runner's side (tops.stages.run_train): a real failed allocation anywhere in
     training exits EXIT_OUT_OF_MEMORY with one line, which the flow answers with half the
-    micro-batch (flows/tasks.py); a launched rank's failure arrives as that exit code."""
+    micro-batch (tops/flow/tasks.py); a launched rank's failure arrives as that exit code."""
     import torch
 
     import tops.train

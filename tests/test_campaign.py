@@ -48,7 +48,7 @@ def _task_states(flow_run_id) -> dict[str, str]:
 
 
 def _round(config: Path, overrides: list[str]) -> tuple[dict, dict[str, str]]:
-    from tops.flows.pipeline import tops_loop
+    from tops.flow.pipeline import tops_loop
 
     state = tops_loop(config=str(config), overrides=overrides, return_state=True)
     assert state.is_completed(), state.message
@@ -120,7 +120,7 @@ def test_rounds_continue_learn_from_new_rows_and_publish(harness, tmp_path, tiny
 
     # a dry run of the next round lists its stages and writes nothing
     from tops.config import load_config
-    from tops.flows.pipeline import plan
+    from tops.flow.pipeline import plan
 
     steps = plan(load_config(SMOKE, overrides))
     assert [step.name for step in steps] == ["generate-iter3", "verify-iter3", "select-iter3", "mask-iter3",
@@ -164,8 +164,8 @@ def test_deployment_runs_the_loop_with_its_task_runner(harness, tmp_path, monkey
     from prefect.context import FlowRunContext
     from prefect.flows import load_flow_from_entrypoint
 
-    import tops.flows.pipeline
-    from tops.flows.deploy import build_deployment
+    import tops.flow.pipeline
+    from tops.flow.deploy import build_deployment
 
     seen = {}
 
@@ -174,14 +174,14 @@ def test_deployment_runs_the_loop_with_its_task_runner(harness, tmp_path, monkey
                     continue_rounds=cfg.flow.continue_rounds)
         return {}
 
-    monkeypatch.setattr(tops.flows.pipeline, "run_loop", probe)
+    monkeypatch.setattr(tops.flow.pipeline, "run_loop", probe)
     deployment = build_deployment(str(SMOKE), ["flow.runner=ray", f"run.root={tmp_path}"], "0 3 * * *", "smoke")
     path, name = deployment.entrypoint.split(":")
-    assert (REPO / path).resolve() == (REPO / "flows" / "deploy.py").resolve() and name == "scheduled_loop"
+    assert (REPO / path).resolve() == (REPO / "flows" / "tops_flow.py").resolve() and name == "scheduled_loop"
     entry_flow = load_flow_from_entrypoint(f"{REPO / path}:{name}")
     entry_flow(**deployment.parameters)
     assert seen == {"runner": "RayTaskRunner", "continue_rounds": True}
-    # prefect.yaml deploys the same entrypoint (tops/flows is a link to flows/)
+    # prefect.yaml deploys the same entrypoint
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     entries = {d["entrypoint"].split(":")[1] for d in spec["deployments"]}
     files = {(REPO / d["entrypoint"].split(":")[0]).resolve() for d in spec["deployments"]}
@@ -191,7 +191,7 @@ def test_deployment_runs_the_loop_with_its_task_runner(harness, tmp_path, monkey
 def test_serve_says_when_and_where_the_next_run_is(tmp_path):
     import datetime as dt
 
-    from tops.flows.deploy import schedule_line
+    from tops.flow.deploy import schedule_line
 
     line = schedule_line(str(SMOKE), [f"run.root={tmp_path}"], "30 2 * * *", "nightly",
                          after=dt.datetime(2026, 11, 27, 16, 0, tzinfo=dt.UTC))

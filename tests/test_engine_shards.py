@@ -56,7 +56,7 @@ def test_flow_on_two_vllm_engines_matches_one_engine(tmp_path, tiny_model_dir):
     and the same rows, in the same order, and the same report shape as on one engine."""
     from prefect.testing.utilities import prefect_test_harness
 
-    from tops.flows.pipeline import tops_loop
+    from tops.flow.pipeline import tops_loop
 
     base = [f"model.base={tiny_model_dir}", "engine.kind=vllm", "flow.iterations=0", "flow.random_baseline=false",
             f"run.root={tmp_path}"]
@@ -94,8 +94,8 @@ QWQ32B_SHAPE = {**QWEN7B_SHAPE, "hidden_size": 5120, "intermediate_size": 27648,
 
 
 def _plan(tmp_path, *extra):
-    from tops.flows.loop import format_plan
-    from tops.flows.pipeline import plan
+    from tops.flow.stage_loop import format_plan
+    from tops.flow.pipeline import plan
 
     model, teacher = tmp_path / "qwen7b", tmp_path / "qwq32b"
     for folder, shape in ((model, QWEN7B_SHAPE), (teacher, QWQ32B_SHAPE)):

@@ -63,7 +63,7 @@ def _run(overrides: list[str]):
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    from tops.flows.pipeline import tops_loop
+    from tops.flow.pipeline import tops_loop
 
     state = tops_loop(config=str(SMOKE), overrides=overrides, return_state=True)
     assert state.is_completed(), state.message
@@ -266,7 +266,7 @@ def test_deleted_artifact_is_rebuilt(first_run, run_root, tiny_model_dir):
 def test_serve_registers_a_scheduled_deployment(harness):
     from prefect import get_client
 
-    from tops.flows.deploy import register
+    from tops.flow.deploy import register
 
     deployment_id = register(str(SMOKE), ["flow.iterations=0"], cron="0 3 * * *", name="smoke-nightly")
 
@@ -329,8 +329,8 @@ def test_ray_runner_maps_generation_shards(harness, tmp_path, tiny_model_dir):
     thread pool of their own there, pinned to this node's cores, under the Ray runner too."""
     from prefect import flow
 
-    from tops.flows.loop import Loop
-    from tops.flows.pipeline import _problems, _sample, evaluate_all, task_runner_for
+    from tops.flow.stage_loop import Loop
+    from tops.flow.pipeline import _problems, _sample, evaluate_all, task_runner_for
     from tops.gpus import usable_cpus
 
     cfg = load_config(SMOKE, _overrides(tmp_path, tiny_model_dir, "flow.runner=ray", "flow.generate_shards=2",
@@ -369,8 +369,8 @@ def test_a_child_stages_input_error_names_the_stage(harness, tmp_path, tiny_mode
     from prefect import flow
 
     from tops.errors import UserError
-    from tops.flows.loop import Loop
-    from tops.flows.pipeline import _problems
+    from tops.flow.stage_loop import Loop
+    from tops.flow.pipeline import _problems
 
     cfg = load_config(SMOKE, _overrides(tmp_path, tiny_model_dir))
 
@@ -403,9 +403,9 @@ def test_iter_dpo_stage_trains_from_pairs(first_run, run_root, tiny_model_dir):
     """The Iter-DPO branch: pairs from the run's verified samples -> DPO from the TOPS model."""
     from prefect import flow
 
-    from tops.flows.loop import Loop
-    from tops.flows.pipeline import _train
-    from tops.flows.tasks import pairs_task
+    from tops.flow.stage_loop import Loop
+    from tops.flow.pipeline import _train
+    from tops.flow.tasks import pairs_task
 
     cfg = load_config(SMOKE, _module_overrides(run_root, tiny_model_dir, "flow.iter_method=dpo"))
     run_dir = Path(first_run[0]["run_dir"])
@@ -432,7 +432,7 @@ def test_train_task_keeps_dill_global_detection(harness):
     import dill.detect
     from prefect import flow, task
 
-    from tops.flows.tasks import train_task
+    from tops.flow.tasks import train_task
 
     def uses_len(x):
         return len(x)

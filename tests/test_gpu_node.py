@@ -55,7 +55,7 @@ def test_conflicting_train_counts_are_refused():
 
 
 def test_the_flow_will_not_run_short_of_problems(tmp_path):
-    from tops.flows.tasks import problems_task
+    from tops.flow.tasks import problems_task
 
     path = tmp_path / "train.jsonl"
     _write_gsm8k(path, _gsm8k_rows(5, seed=0))
@@ -115,7 +115,7 @@ def test_qwen7b_config_runs_end_to_end_on_cpu(tmp_path, tiny_model_dir):
 
     from tops.artifacts import read_artifact
     from tops.domains import load_problems
-    from tops.flows.pipeline import tops_loop
+    from tops.flow.pipeline import tops_loop
 
     train_file = _write_gsm8k(tmp_path / "gsm8k-train.jsonl", _gsm8k_rows(30, seed=1))
     source = f"{{kind: file, path: {train_file}, answer_format: gsm8k}}"

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 def test_native_efforts_skip_the_tag_model_and_still_report(tmp_path, tiny_model_dir):
     from prefect.testing.utilities import prefect_test_harness
 
-    from tops.flows.pipeline import tops_loop
+    from tops.flow.pipeline import tops_loop
 
     overrides = [f"run.root={tmp_path}", f"model.base={tiny_model_dir}", "efforts.native=true",
                  "flow.iterations=0", "flow.random_baseline=false", "flow.train_overrides.tops.epochs=2",

@@ -213,8 +213,8 @@ def run_cmd(config: ConfigOpt = None, sets: SetOpt = None,
                                                                     "its command and processes); run nothing.")] = False):
     """Run the whole TOPS loop as a Prefect flow (reruns reuse every finished stage)."""
     if dry_run:
-        from tops.flows.loop import format_plan
-        from tops.flows.pipeline import plan
+        from tops.flow.stage_loop import format_plan
+        from tops.flow.pipeline import plan
 
         cfg = _config(config, sets)
         typer.echo(format_plan(plan(cfg), cfg.run.dir))
@@ -268,7 +268,7 @@ def compare_cmd(run_dirs: Annotated[list[Path], typer.Argument(help="Finished ru
 
 
 def _run_flow(config: Path | None, sets: list[str] | None) -> dict:
-    from tops.flows.pipeline import run
+    from tops.flow.pipeline import run
 
     _config(config, sets)  # fail fast, before Prefect starts
     result = run(str(config) if config else None, list(sets or []))
@@ -289,7 +289,7 @@ def serve_cmd(config: ConfigOpt = None, sets: SetOpt = None,
               cron: Annotated[str, typer.Option(help="Cron schedule, e.g. '0 3 * * *'.")] = "0 3 * * *",
               name: Annotated[str | None, typer.Option(help="Deployment name (default: run.name).")] = None):
     """Register a scheduled deployment of the loop and serve it (Ctrl-C to stop)."""
-    from tops.flows.deploy import serve
+    from tops.flow.deploy import serve
 
     cfg = _config(config, sets)
     serve(str(config) if config else None, list(sets or []), cron=cron, name=name or cfg.run.name)

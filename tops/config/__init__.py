@@ -10,7 +10,7 @@ loading (YAML and overrides). Import from `tops.config`.
 
 from tops.config.base import Strict, quoted
 from tops.config.efforts import DEFAULT_EFFORT_PROMPTS, EFFORT_ORDER, EffortsConfig
-from tops.config.engine import EngineConfig, ModelConfig, RunConfig, SamplingConfig
+from tops.config.run_model import EngineConfig, ModelConfig, RunConfig, SamplingConfig
 from tops.config.loading import (
     MAX_CONFIG_BYTES,
     config_section,
@@ -19,7 +19,7 @@ from tops.config.loading import (
     parse_overrides,
     parse_yaml,
 )
-from tops.config.loop import TRAIN_STAGES, ExportConfig, FlowConfig, TopsConfig, flow_problem_counts
+from tops.config.root import TRAIN_STAGES, ExportConfig, FlowConfig, TopsConfig, flow_problem_counts
 from tops.config.problems import (
     ArithLevel,
     ArithSource,
@@ -30,7 +30,7 @@ from tops.config.problems import (
     ProblemsConfig,
     SourceConfig,
 )
-from tops.config.stages import (
+from tops.config.stage_sections import (
     AlphaOneConfig,
     BudgetForcingConfig,
     DepthControlConfig,

@@ -9,7 +9,7 @@ import yaml
 from pydantic import ValidationError
 
 from tops.config.base import _QUOTE_CHARS, quoted
-from tops.config.loop import TopsConfig
+from tops.config.root import TopsConfig
 from tops.errors import UserError
 
 MAX_CONFIG_BYTES = 1 << 20  # a config is a page of YAML, not a data set

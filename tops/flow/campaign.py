@@ -1,6 +1,6 @@
 """Rounds and publishing in the flow: the parts of a run that make it one round of a campaign.
 
-Round 1 is the whole loop (flows/pipeline.py); it is recorded once its problems are drawn and
+Round 1 is the whole loop (tops/flow/pipeline.py); it is recorded once its problems are drawn and
 finished with its latest model and held-out numbers. Round k+1 (`flow.continue_rounds` on a folder
 whose loop finished) runs `continue_round`: one more self-improvement iteration from round k's
 recorded latest model, on the round's new problems (tops/rounds.py), evaluated on round 1's
@@ -21,7 +21,7 @@ from tops import layout as names
 from tops import rounds
 from tops.artifacts import read_artifact, write_artifact
 from tops.errors import UserError
-from tops.flows.loop import PlanStep
+from tops.flow.stage_loop import PlanStep
 
 ROUNDS_PLOT = names.ROUNDS_PLOT
 
@@ -35,7 +35,7 @@ def record_first_round(loop, problems: dict[str, str], base: str) -> None:
 
 def nothing_new(loop, plan: rounds.RoundPlan) -> dict:
     """A round with nothing to learn from says so and writes nothing."""
-    from tops.flows.pipeline import _logger
+    from tops.flow.pipeline import _logger
 
     message = (f"round {plan.number}: nothing new to learn from ({plan.nothing_new}); "
                "the run folder was left unchanged")
@@ -48,7 +48,7 @@ def nothing_new(loop, plan: rounds.RoundPlan) -> dict:
 def continue_round(loop, plan: rounds.RoundPlan) -> dict:
     """Round k+1: one more iteration from round k's recorded latest model, evaluated on round 1's set.
     A dry run (`loop.planning`) lists its stages and records nothing."""
-    from tops.flows.pipeline import _logger, _report, evaluate, iterate
+    from tops.flow.pipeline import _logger, _report, evaluate, iterate
 
     cfg = loop.cfg
     problems = (loop.layout.published(names.problems(plan.label)) if loop.planning

@@ -17,7 +17,7 @@ from prefect import get_run_logger, task
 from tops.artifacts import read_artifact, write_artifact
 from tops.config import TopsConfig
 from tops.errors import EXIT_OUT_OF_MEMORY, UserError
-from tops.flows.cache import cache_key
+from tops.flow.cache import cache_key
 from tops.gpus import ShardPlan
 from tops.launch import Command, launch, tops_command
 from tops.layout import RunLayout

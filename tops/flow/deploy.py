@@ -2,7 +2,8 @@
 
 Every deployment (`tops serve`, and `prefect.yaml` for a work pool) has `scheduled_loop` as its
 entrypoint. A run validates the config before any work and starts the loop through the same
-`tops.flows.pipeline.run` that `tops run` calls, so the configured task runner (`flow.runner`, e.g. Ray)
+`tops.flow.pipeline.run` that `tops run` calls (deployed by file path as
+`flows/tops_flow.py:scheduled_loop`, the entry point prefect.yaml names), so the configured task runner (`flow.runner`, e.g. Ray)
 is used whichever way the run was started. (A deployment of the bare loop flow would be run by
 Prefect from its entrypoint, without the runner.) A scheduled run is the next round of its run
 folder (`flow.continue_rounds`), unless the overrides say `flow.continue_rounds=false`.
@@ -11,6 +12,7 @@ folder (`flow.continue_rounds`), unless the overrides say `flow.continue_rounds=
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 from prefect import flow
@@ -27,7 +29,7 @@ def scheduled_overrides(overrides: list[str] | None) -> list[str]:
 @flow(name="tops-scheduled", log_prints=True)
 def scheduled_loop(config: str | None = None, overrides: list[str] | None = None) -> dict:
     """One scheduled run: validate, then the loop with its configured task runner, as a round."""
-    from tops.flows.pipeline import run
+    from tops.flow.pipeline import run
 
     return run(config, scheduled_overrides(overrides))
 
@@ -43,15 +45,22 @@ def next_run(cron: str, after: dt.datetime | None = None) -> dt.datetime:
         raise UserError(f"--cron {cron!r}: not a cron schedule ({exc or 'it never fires'}); e.g. '0 3 * * *'") from None
 
 
+# The deployable flow file that prefect.yaml names; absent when tops is installed without its checkout.
+FLOW_FILE = Path(__file__).resolve().parents[2] / "flows" / "tops_flow.py"
+
+
 def build_deployment(config: str | None, overrides: list[str], cron: str, name: str):
     next_run(cron)  # a bad schedule fails here, before anything is registered
-    return scheduled_loop.to_deployment(
+    deployment = scheduled_loop.to_deployment(
         name=name,
         cron=cron,
         parameters={"config": config, "overrides": list(overrides)},
         description=f"TOPS loop for {config or 'default config'} on schedule '{cron}' (UTC), one round per run",
         tags=["tops"],
     )
+    if FLOW_FILE.is_file():  # the same entry point as prefect.yaml, not this module's own path
+        deployment.entrypoint = f"{os.path.relpath(FLOW_FILE, Path.cwd())}:{scheduled_loop.fn.__name__}"
+    return deployment
 
 
 def register(config: str | None, overrides: list[str], cron: str, name: str):

@@ -4,7 +4,7 @@ seed data -> tag model -> multi-effort sampling -> verify -> select -> mask -> S
 (TOPS model) [-> random-correct baseline] -> k x (sample n from the latest model -> verify ->
 Iter-SFT or Iter-DPO) -> evaluate every model -> report.
 
-Each stage is one task (tops.flows.tasks) over its stage runner; heavy stages run as child
+Each stage is one task (tops.flow.tasks) over its stage runner; heavy stages run as child
 processes. `plan()` walks the same loop without running anything (`tops run --dry-run`).
 """
 
@@ -30,9 +30,9 @@ from tops.config import (
     flow_problem_counts,
     load_config,
 )
-from tops.flows import campaign
-from tops.flows.loop import ChildStage, Loop, PlanStep, Sharded, StageFailed
-from tops.flows.tasks import (
+from tops.flow import campaign
+from tops.flow.stage_loop import ChildStage, Loop, PlanStep, Sharded, StageFailed
+from tops.flow.tasks import (
     mask_task,
     merge_task,
     pairs_task,
@@ -80,7 +80,7 @@ def _sample(loop: Loop, stage: str, model: str, label: str, problems: str, gen: 
 
 
 def _run_shards(loop: Loop, stage: str, section: dict, inputs: dict, args: list[str], cfg: TopsConfig) -> list[str]:
-    from tops.flows.tasks import child_task
+    from tops.flow.tasks import child_task
 
     shards = cfg.flow.generate_shards
     keyed = [loop.output(f"{stage}-shard{i}", section, inputs) for i in range(shards)]
@@ -256,7 +256,7 @@ def loop_stages(loop: Loop) -> dict:
     evals = pd.concat([read_artifact(p, "eval") for p in eval_parts], ignore_index=True)
     write_artifact(evals, loop.layout.eval, "eval")
 
-    # 10. report, then the round's end: the history of rounds, the export stage (flows/campaign.py)
+    # 10. report, then the round's end: the history of rounds, the export stage (tops/flow/campaign.py)
     report = _report(loop, evals, list(models), selected, eval_problems, used)
     loop.layout.lineage.write_text(json.dumps(loop.lineage, indent=2))
     return campaign.finish_first_round(loop, latest, evals, report)
@@ -408,7 +408,7 @@ def run(config: str | None = None, overrides: list[str] | None = None) -> dict:
 
 def plan(cfg: TopsConfig) -> list[PlanStep]:
     """Every stage of a run of `cfg` in order, cached or to run; runs and writes nothing. A folder's
-    later round plans that round (flows/campaign.py)."""
+    later round plans that round (tops/flow/campaign.py)."""
     loop = Loop(cfg, planning=True)
     round_plan = rounds.plan_round(loop.dir, cfg)
     if round_plan.nothing_new:

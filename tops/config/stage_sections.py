@@ -10,7 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from tops import answers
 from tops.config.base import Strict
 from tops.config.efforts import EFFORT_ORDER
-from tops.config.engine import EngineConfig, SamplingConfig
+from tops.config.run_model import EngineConfig, SamplingConfig
 from tops.config.problems import BenchmarkConfig, SourceConfig
 
 

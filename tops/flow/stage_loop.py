@@ -2,7 +2,7 @@
 plan of a dry run.
 
 Every stage is keyed by the fingerprint of its config section and input artifacts
-(tops.flows.cache) and writes a content-addressed output under `<run>/stages/`; the current lineage
+(tops.flow.cache) and writes a content-addressed output under `<run>/stages/`; the current lineage
 is published under the run folder's stable names (tops.layout). A `Loop` made with `planning=True`
 walks the same code without running anything: each stage becomes a `PlanStep` (cached or to run,
 its command and processes), and an output not made yet is a placeholder path.
@@ -22,8 +22,8 @@ from typing import Any
 
 from tops.config import EngineConfig, TopsConfig
 from tops.errors import UserError
-from tops.flows.cache import is_complete, stage_key
-from tops.flows.tasks import StageFailed, child_command, child_task, sharded_task, train_task
+from tops.flow.cache import is_complete, stage_key
+from tops.flow.tasks import StageFailed, child_command, child_task, sharded_task, train_task
 from tops.layout import RunLayout
 
 PENDING = "TBD"  # a plan's key for an output whose inputs are not made yet

@@ -9,9 +9,9 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from tops.config.base import Strict
 from tops.config.efforts import EffortsConfig
-from tops.config.engine import EngineConfig, ModelConfig, RunConfig
+from tops.config.run_model import EngineConfig, ModelConfig, RunConfig
 from tops.config.problems import ProblemsConfig
-from tops.config.stages import (
+from tops.config.stage_sections import (
     EvalConfig,
     GenerateConfig,
     MaskConfig,
