@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from tops.errors import UserError
+from tops.errors import ServiceError, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="TOPS: make reasoning models think just enough.")
@@ -335,6 +335,9 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as exc:
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
         sys.exit(2)
+    except ServiceError as exc:  # a server failed for good after its retries: not the input's fault
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
+        sys.exit(1)
 
 
 def one_line(message: str, limit: int = 1000) -> str:

@@ -8,6 +8,11 @@ class UserError(Exception):
     """
 
 
+class ServiceError(Exception):
+    """A service the stage calls (an API engine's server, a tracker) failed for good, after its
+    retries: one clear line on stderr, exit 1. Finished shards stay; a rerun resumes from them."""
+
+
 # Exit code of a training command that ran out of (GPU) memory on any of its processes: the caller
 # (the flow's stage runner) retries it with half the micro-batch and twice the accumulation.
 EXIT_OUT_OF_MEMORY = 3
