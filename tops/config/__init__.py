@@ -10,6 +10,7 @@ loading (YAML and overrides). Import from `tops.config`.
 
 from tops.config.base import Strict, quoted
 from tops.config.efforts import DEFAULT_EFFORT_PROMPTS, EFFORT_ORDER, EffortsConfig
+from tops.config.grpo import GrpoConfig
 from tops.config.run_model import EngineConfig, ModelConfig, RunConfig, SamplingConfig
 from tops.config.loading import (
     MAX_CONFIG_BYTES,
@@ -48,7 +49,7 @@ from tops.config.train import LoraConfig, TrainConfig
 __all__ = [
     "DEFAULT_EFFORT_PROMPTS", "EFFORT_ORDER", "MAX_CONFIG_BYTES", "TRAIN_STAGES", "AlphaOneConfig", "ArithLevel",
     "ArithSource", "BenchmarkConfig", "BudgetForcingConfig", "ColumnMap", "DepthControlConfig", "EffortsConfig",
-    "EngineConfig", "EvalConfig", "ExportConfig", "FileSource", "FlowConfig", "GenerateConfig", "HFSource",
+    "EngineConfig", "EvalConfig", "ExportConfig", "FileSource", "FlowConfig", "GenerateConfig", "GrpoConfig", "HFSource",
     "LaserConfig", "LoraConfig", "MaskConfig", "ModelConfig", "PairsConfig", "ProblemsConfig", "RunConfig",
     "SamplingConfig", "SeedConfig", "SelectConfig", "SourceConfig", "Strict", "TopsConfig", "TrainConfig",
     "VerifyConfig", "config_section", "flow_problem_counts", "format_validation_error", "load_config",

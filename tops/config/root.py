@@ -9,6 +9,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from tops.config.base import Strict
 from tops.config.efforts import EffortsConfig
+from tops.config.grpo import GrpoConfig
 from tops.config.run_model import EngineConfig, ModelConfig, RunConfig
 from tops.config.problems import ProblemsConfig
 from tops.config.stage_sections import (
@@ -23,7 +24,7 @@ from tops.config.stage_sections import (
 from tops.config.train import TrainConfig
 from tops.errors import UserError
 
-TRAIN_STAGES = ("tag", "tops", "random", "iter_sft", "iter_dpo")
+TRAIN_STAGES = ("tag", "tops", "random", "iter_sft", "iter_dpo", "iter_grpo")
 
 
 class FlowConfig(Strict):
@@ -33,7 +34,7 @@ class FlowConfig(Strict):
     train_problems: int | None = Field(None, ge=1)
     iter_problems: int = Field(60, ge=1)
     iterations: int = Field(1, ge=0)
-    iter_method: Literal["sft", "dpo"] = "sft"
+    iter_method: Literal["sft", "dpo", "grpo"] = "sft"  # grpo: LASER rewards (`grpo:` section)
     iter_samples: int = Field(4, ge=1)  # paper: 8 responses per problem
     random_baseline: bool = True
     # Per-stage training overrides on top of `train` (paper: tag lr 1e-5 x3 epochs, TOPS 1e-5
@@ -104,6 +105,7 @@ class TopsConfig(Strict):
     pairs: PairsConfig = Field(default_factory=PairsConfig)
     mask: MaskConfig = Field(default_factory=MaskConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    grpo: GrpoConfig = Field(default_factory=GrpoConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     seed: SeedConfig = Field(default_factory=SeedConfig)
     flow: FlowConfig = Field(default_factory=FlowConfig)
