@@ -150,4 +150,6 @@ def generate_samples(
         "truncated": int((samples["finish_reason"] == "length").sum()),
         "mean_tokens_by_effort": samples.groupby("effort")["n_tokens"].mean().round(1).to_dict(),
     }
+    if callable(getattr(engine, "usage", None)):  # an API engine: the server's own token counts
+        summary["api_usage"] = engine.usage()
     return samples, summary

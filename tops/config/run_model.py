@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from tops.config.base import Strict
 
@@ -55,10 +55,18 @@ class EngineConfig(Strict):
     api_key_env: str = "OPENAI_API_KEY"
     served_model: str | None = None
     tokenizer: str | None = None
-    concurrency: int = Field(8, ge=1)
+    # Requests in flight at once (`concurrency` is its old name, still read).
+    max_concurrency: int = Field(8, ge=1, le=1024, validation_alias=AliasChoices("max_concurrency", "concurrency"))
     # The server is vLLM: ask for token ids (exact counts) and allow continuing partial answers.
     vllm_extensions: bool = True
-    request_timeout_s: float = Field(600, gt=0)
+    # One attempt's total deadline, connection to last byte (a server dripping bytes is cut off).
+    request_timeout_s: float = Field(600, gt=0, le=86400)
+    # Retries of a 429, 408, 5xx, dropped connection or deadline (tops/engines/retrying.py): waits
+    # double from retry_backoff_s with jitter, at most retry_max_wait_s; a Retry-After is honoured
+    # up to that cap. After the last one the shard fails with one line; a rerun resumes.
+    max_retries: int = Field(6, ge=0, le=100)
+    retry_backoff_s: float = Field(1.0, ge=0, le=3600)
+    retry_max_wait_s: float = Field(60.0, ge=0, le=3600)
     # Engine processes (tops/gpus.py): on GPUs, gpus / tensor_parallel_size of them, each pinned to
     # its own GPUs with CUDA_VISIBLE_DEVICES, sampling a disjoint shard of the problems.
     gpus: int | None = Field(None, ge=0)  # GPUs of this node to use; None: the machine's count

@@ -5,18 +5,22 @@ tokenizer (engine.tokenizer, or the model name when it is loadable) so lengths a
 with the offline engines. A server started with a reasoning parser returns the thought apart
 (`reasoning_content`, or `reasoning` in newer vLLM); it is joined back as `<think>…</think>answer`
 and counted, so the stored response is the model's whole output (tops.thinking).
+
+The server is not trusted to be up or well behaved (tops.engines.retrying): 429 / 5xx / dropped
+connections are retried with backoff, every attempt has a total deadline, and an answer must hold
+exactly the `n` choices asked for. A request that still fails fails the whole call (its shard),
+with one line; the server's `usage` is summed for the stage's record.
 """
 
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
-
-import httpx
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 from tops.engines.base import Completion, Request
 from tops.engines.render import count_tokens, render_chat, response_text
-from tops.errors import UserError
+from tops.engines.retrying import Policy, RetryingClient
+from tops.errors import ServiceError, UserError
 from tops.thinking import THINK_OPEN, join_reasoning, open_thinking_tail
 
 
@@ -29,9 +33,10 @@ class OpenAIEngine:
         self.model = cfg.served_model or model
         self.base_url = cfg.base_url.rstrip("/")
         key = os.environ.get(cfg.api_key_env, "EMPTY")
-        self.client = httpx.Client(timeout=cfg.request_timeout_s,
-                                   headers={"Authorization": f"Bearer {key}"})
-        self.concurrency = cfg.concurrency
+        self.http = RetryingClient({"Authorization": f"Bearer {key}"},
+                                   Policy(timeout_s=cfg.request_timeout_s, retries=cfg.max_retries,
+                                          backoff_s=cfg.retry_backoff_s, max_wait_s=cfg.retry_max_wait_s))
+        self.concurrency = cfg.max_concurrency
         self.vllm_extensions = cfg.vllm_extensions
         tokenizer_name = cfg.tokenizer or model
         try:
@@ -64,10 +69,9 @@ class OpenAIEngine:
             messages.append({"role": "assistant", "content": request.prefix})
             body.update(add_generation_prompt=False, continue_final_message=True)
         body["messages"] = messages
-        response = self.client.post(f"{self.base_url}/chat/completions", json=body)
-        if response.status_code >= 400:
-            raise RuntimeError(f"{self.base_url}: HTTP {response.status_code}: {response.text[:300]}")
-        choices = sorted(response.json()["choices"], key=lambda c: c["index"])
+        url = f"{self.base_url}/chat/completions"
+        what = _describe(request)
+        choices = _exactly_n(self.http.post(url, body, what), n, url, what)
         prompt = self._local_prompt(request)  # once per request, not per choice
         texts = [self._response(request, prompt, c) for c in choices]
         if all(c.get("token_ids") is not None for c in choices):
@@ -103,11 +107,50 @@ class OpenAIEngine:
             return None
 
     def generate(self, requests: list[Request], n: int, sampling) -> list[list[Completion]]:
+        """n completions per request; the first request that fails for good stops the others
+        (none starts or retries after it) and its error is raised."""
+        self.http.stop.clear()
         with ThreadPoolExecutor(self.concurrency) as pool:
-            return list(pool.map(lambda r: self._one(r, n, sampling), requests))
+            futures = [pool.submit(self._one, r, n, sampling) for r in requests]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = next((f for f in futures if f in done and f.exception() is not None), None)
+            if failed is not None:
+                self.http.stop.set()
+                for future in futures:
+                    future.cancel()
+                raise failed.exception()
+            return [f.result() for f in futures]
+
+    def usage(self) -> dict[str, int]:
+        """Requests, retries and the server's reported tokens so far (summed `usage`)."""
+        return self.http.usage.as_dict()
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         return count_tokens(self.tokenizer, texts)
 
     def close(self) -> None:
-        self.client.close()
+        self.http.close()
+
+
+def _describe(request: Request) -> str:
+    """The request as an error line names it (its prompt row and effort, when generate set them)."""
+    meta = request.meta or {}
+    where = ", ".join(f"{k} {meta[k]}" for k in ("row", "effort") if k in meta)
+    return f"the request for prompt {where}" if where else "a request"
+
+
+def _exactly_n(answer: dict, n: int, url: str, what: str) -> list[dict]:
+    """The answer's choices in index order, exactly indexes 0..n-1, each with a message; anything
+    else is the server's fault, named as such (never the input artifact's)."""
+    choices = answer.get("choices")
+    if not isinstance(choices, list):
+        raise ServiceError(f"{url}: {what}: the answer has no `choices` list (keys: {sorted(answer)[:8]})")
+    if len(choices) != n:
+        raise ServiceError(f"{url}: {what}: the server returned {len(choices)} choices for n={n}; tops needs "
+                           "exactly n per request (a server that ignores `n` cannot be used as is)")
+    if not all(isinstance(c, dict) and isinstance(c.get("message"), dict) for c in choices):
+        raise ServiceError(f"{url}: {what}: a choice without a `message` object")
+    indexes = [c.get("index", i) for i, c in enumerate(choices)]
+    if sorted(indexes, key=str) != sorted(range(n), key=str) or not all(type(i) is int for i in indexes):
+        raise ServiceError(f"{url}: {what}: choice indexes {indexes[:8]} are not 0..{n - 1}, each once")
+    return [c for _, c in sorted(zip(indexes, choices, strict=True), key=lambda p: p[0])]
