@@ -21,41 +21,72 @@ round resumes with the same problems and its finished stages come from the cache
 from __future__ import annotations
 
 import json
+import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 import pyarrow as pa
+from pydantic import Field, StrictInt, ValidationError, field_validator, model_validator
 
 from tops import layout
 from tops.artifacts import atomic_write_table, atomic_write_text, read_artifact, write_artifact
+from tops.config.base import Strict, quoted
+from tops.confine import inside
 from tops.errors import UserError
 
 ROUNDS_FILE = layout.ROUNDS
 LEDGER_FILE = Path(layout.ROUNDS_LEDGER)
 SEEN = "seen"  # in the source when a round looked, not used by it
 FIRST_ROUND_SEED_STRIDE = 1009  # round k draws with run.seed + k * stride (far from the split seeds)
+MAX_ROUNDS = 100_000
+LABEL = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}"  # a model label / role: a plain name, never a path
 
 
-@dataclass
-class Round:
-    number: int
-    parent: int | None
-    status: str  # "running" | "finished"
-    iteration: int  # the self-improvement iteration this round ends with (0: the TOPS model)
-    model_label: str  # label of its latest model in eval rows and under models/
-    problems: dict[str, str]  # role -> problems artifact (relative to the run folder when inside)
+class Round(Strict):
+    """One round's record. Validated when read: a tampered rounds.json fails with its field named
+    before the run writes anything (a string number, a negative one, a float that overflows)."""
+
+    number: StrictInt = Field(ge=1, le=MAX_ROUNDS)
+    parent: StrictInt | None = Field(default=None, ge=1, le=MAX_ROUNDS)
+    status: Literal["running", "finished"]
+    iteration: StrictInt = Field(ge=0, le=MAX_ROUNDS)  # the self-improvement iteration this round ends with
+    model_label: str = Field(pattern=LABEL)  # label of its latest model in eval rows and under models/
+    problems: dict[str, str]  # role -> problems artifact (relative to the run folder)
     start_model: str | None = None  # the model this round trained from (round 1: the base model)
-    method: str | None = None  # sft | dpo
-    new_rows: int | None = None  # rows a growing source gained since the last round (None: drawn)
+    method: Literal["sft", "dpo"] | None = None
+    new_rows: StrictInt | None = Field(default=None, ge=0)  # rows a growing source gained (None: drawn)
     model: str | None = None  # latest model after the round (content-addressed folder)
-    accuracy: float | None = None  # held-out accuracy of `model` (mean over problems and seeds)
-    mean_tokens: float | None = None
-    eval_rows: int | None = None
-    started_at: str = ""
-    finished_at: str | None = None
-    notes: list[str] = field(default_factory=list)
+    accuracy: float | None = Field(default=None, ge=0, le=1)  # held-out accuracy of `model`
+    mean_tokens: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    eval_rows: StrictInt | None = Field(default=None, ge=0)
+    started_at: str = Field(default="", max_length=40)
+    finished_at: str | None = Field(default=None, max_length=40)
+    notes: list[str] = Field(default_factory=list)
+
+    @field_validator("problems")
+    @classmethod
+    def _roles(cls, problems: dict[str, str]) -> dict[str, str]:
+        bad = [role for role in problems if not re.fullmatch(LABEL, role)]
+        if bad:
+            raise ValueError(f"role {quoted(bad[0])} is not a plain name")
+        return problems
+
+
+class _Rounds(Strict):
+    rounds: list[Round]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> _Rounds:
+        numbers = [r.number for r in self.rounds]
+        if numbers != sorted(set(numbers)):
+            raise ValueError(f"round numbers {numbers[:10]} are not unique and increasing")
+        for r in self.rounds:
+            if (r.number == 1) != (r.parent is None) or (r.parent is not None and r.parent not in numbers[:numbers.index(r.number)]):
+                raise ValueError(f"round {r.number}: parent {r.parent} is not an earlier round")
+        return self
 
 
 @dataclass
@@ -91,9 +122,12 @@ def _rel(path: str | Path, run_dir: Path) -> str:
         return str(path)
 
 
-def resolve(run_dir: Path, path: str) -> Path:
-    """A recorded path: relative ones are inside the run folder."""
-    return Path(path) if Path(path).is_absolute() else run_dir / path
+def resolve(run_dir: Path, path: str, field: str = "rounds.json") -> Path:
+    """A recorded path: relative to the run folder, and (links followed) inside it or the models
+    root; anything else is a UserError naming `field` (a record must not point a run elsewhere)."""
+    from tops.models import models_dir
+
+    return inside(run_dir, path, field, also=(models_dir(),))
 
 
 # ---------------------------------------------------------------- the records
@@ -103,15 +137,22 @@ def load_rounds(run_dir: str | Path) -> list[Round]:
     path = Path(run_dir) / ROUNDS_FILE
     if not path.exists():
         return []
+    if path.is_symlink() or not path.is_file():
+        raise UserError(f"{path}: not a regular file (a link or a folder); move it away to start over")
     try:
-        data = json.loads(path.read_text())
-        return [Round(**record) for record in data["rounds"]]
-    except (ValueError, KeyError, TypeError) as exc:
+        return _Rounds.model_validate_json(path.read_bytes()).rounds
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"])
+        where = f"{where}: " if where else ""
+        raise UserError(f"{path}: {where}{error['msg']} (got {quoted(error.get('input'), 60)}); move it away "
+                        "to start over") from None
+    except (OSError, ValueError) as exc:
         raise UserError(f"{path}: not a rounds record ({exc.__class__.__name__}); move it away to start over") from None
 
 
 def save_rounds(run_dir: str | Path, rounds: list[Round]) -> None:
-    atomic_write_text(json.dumps({"rounds": [asdict(r) for r in rounds]}, indent=1) + "\n",
+    atomic_write_text(json.dumps({"rounds": [r.model_dump(mode="json") for r in rounds]}, indent=1) + "\n",
                       Path(run_dir) / ROUNDS_FILE)
 
 
@@ -126,9 +167,31 @@ def load_ledger(run_dir: str | Path) -> pd.DataFrame:
     if not path.exists():
         return pd.DataFrame({"problem_id": pd.Series(dtype=str), "round": pd.Series(dtype="int64"),
                              "role": pd.Series(dtype=str)})
-    ledger = pd.read_parquet(path)
+    ledger = _read_ledger(path)
     recorded = {r.number for r in load_rounds(run_dir)}
     return ledger[ledger["round"].isin(recorded)].reset_index(drop=True)
+
+
+def _read_ledger(path: Path) -> pd.DataFrame:
+    """The ledger, checked: a truncated file or a missing / mistyped column is a UserError."""
+    import pyarrow.parquet as pq
+
+    if path.is_symlink() or not path.is_file():
+        raise UserError(f"{path}: not a regular file (a link or a folder); move it away to start over")
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise UserError(f"{path}: not a readable ledger ({exc.__class__.__name__}); move it away to start "
+                        "over") from None
+    text = lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)  # noqa: E731
+    wanted = {"problem_id": text, "round": pa.types.is_integer, "role": text}
+    for column, is_type in wanted.items():
+        if column not in table.column_names:
+            raise UserError(f"{path}: column {column!r} is missing; move it away to start over")
+        if not is_type(table.schema.field(column).type) or table.column(column).null_count:
+            raise UserError(f"{path}: column {column!r} has type {table.schema.field(column).type} or nulls; "
+                            "move it away to start over")
+    return table.select(list(wanted)).to_pandas()
 
 
 def _add_to_ledger(run_dir: Path, number: int, ids_by_role: dict[str, list[str]]) -> None:
@@ -162,13 +225,16 @@ def plan_round(run_dir: str | Path, cfg) -> RoundPlan:
     """Which round the next run of this folder is, and (from round 2 on) what it learns from."""
     run_dir = Path(run_dir)
     rounds = load_rounds(run_dir)
+    load_ledger(run_dir)  # checked now: nothing is written before a tampered record is refused
     finished = [r for r in rounds if r.status == "finished"]
     if not finished or not cfg.flow.continue_rounds:
         return RoundPlan(number=1)
+    _check_paths(run_dir, rounds)
     last = rounds[-1]
     if last.status == "running":  # killed: the same problems again, finished stages from the cache
         parent = next(r for r in rounds if r.number == last.parent)
-        problems = read_artifact(resolve(run_dir, last.problems["train"]), "problems")
+        problems = read_artifact(resolve(run_dir, last.problems["train"], f"rounds.json: round {last.number}: "
+                                         "problems.train"), "problems")
         return RoundPlan(number=last.number, parent=parent, problems=problems, new_rows=last.new_rows,
                          resumed=True, source_ids=source_problem_ids(cfg.problems))
     number = last.number + 1
@@ -200,6 +266,36 @@ def plan_round(run_dir: str | Path, cfg) -> RoundPlan:
     picked = unused.sample(n=n, random_state=cfg.run.seed + number * FIRST_ROUND_SEED_STRIDE)
     return RoundPlan(number=number, parent=last, problems=picked.reset_index(drop=True),
                      source_ids=everything["problem_id"].tolist())
+
+
+def _check_paths(run_dir: Path, rounds: list[Round]) -> None:
+    """Every path the records name lies inside the run folder; round 1's held-out set exists and
+    the last round has a parent with a model. Checked before a round writes anything."""
+    for r in rounds:
+        for role, path in r.problems.items():
+            resolve(run_dir, path, f"rounds.json: round {r.number}: problems.{role}")
+        if r.model is not None:
+            resolve(run_dir, r.model, f"rounds.json: round {r.number}: model")
+    if "eval" not in rounds[0].problems:
+        raise UserError(f"{run_dir / ROUNDS_FILE}: round 1 records no held-out problems (problems.eval)")
+    held_out = resolve(run_dir, rounds[0].problems["eval"], "rounds.json: round 1: problems.eval")
+    if not held_out.is_file():
+        raise UserError(f"rounds.json: round 1: problems.eval: {held_out} does not exist")
+    parent = rounds[-1] if rounds[-1].status == "finished" else next(
+        (r for r in rounds if r.number == rounds[-1].parent), None)
+    if parent is None or parent.model is None:
+        raise UserError(f"rounds.json: round {rounds[-1].number}: no finished parent round with a model")
+
+
+def start_model(run_dir: str | Path, plan: RoundPlan) -> Path:
+    """The model round k+1 starts from: round k's recorded model, inside the run folder (or the
+    models root) and present; checked before the round records anything."""
+    assert plan.parent is not None and plan.parent.model is not None
+    field = f"rounds.json: round {plan.parent.number}: model"
+    model = resolve(Path(run_dir), plan.parent.model, field)
+    if not model.is_dir():
+        raise UserError(f"{field}: {model} is not a model folder")
+    return model
 
 
 def start_round(run_dir: str | Path, plan: RoundPlan, method: str) -> Path:
@@ -257,7 +353,7 @@ def finish_round(run_dir: str | Path, number: int, model: str, evals: pd.DataFra
 def eval_problems(run_dir: str | Path) -> Path:
     """Round 1's held-out set: every round is evaluated on it."""
     first = load_rounds(run_dir)[0]
-    return resolve(Path(run_dir), first.problems["eval"])
+    return resolve(Path(run_dir), first.problems["eval"], "rounds.json: round 1: problems.eval")
 
 
 # ---------------------------------------------------------------- history at a glance
