@@ -7,6 +7,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 _QUOTE_CHARS = 80  # longest value an error message quotes
+# Upper bounds that keep a typo (1e9) from planning or allocating without end (issue 30).
+MAX_SAMPLES = 4096  # responses per (problem, effort)
+MAX_ITERATIONS = 1000  # self-improvement iterations of one run
 
 
 class Strict(BaseModel):

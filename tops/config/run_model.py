@@ -83,7 +83,7 @@ class EngineConfig(Strict):
 
 
 class SamplingConfig(Strict):
-    temperature: float = Field(1.0, ge=0)
+    temperature: float = Field(1.0, ge=0, le=100, allow_inf_nan=False)
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(512, ge=1)
     stop: list[str] = Field(default_factory=list)
