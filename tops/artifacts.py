@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from tops.confine import open_no_follow
 from tops.errors import UserError
 
 STRING = pa.string()
@@ -255,9 +256,13 @@ def atomic_write_text(text: str, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk included: no .tmp file is left behind
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 # ---------------------------------------------------------------- fingerprints
@@ -384,9 +389,12 @@ def output_lock(out: str | Path) -> Iterator[None]:
 
 
 def _acquire(lock: Path) -> int:
+    for sibling in ("manifest.json", ".manifest.json.lock"):  # written after the output: refused before it
+        if (lock.parent / sibling).is_symlink():
+            raise UserError(f"{lock.parent / sibling}: is a link; refusing to write through it")
     lock.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(10):
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_no_follow(lock, os.O_RDWR | os.O_CREAT)  # a link there is refused, never written through
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

@@ -12,8 +12,7 @@ import errno
 import os
 from pathlib import Path
 
-from tops.config.base import quoted as quote
-from tops.errors import UserError
+from tops.errors import UserError, quote
 
 # Names a run writes at the top of its folder (tops.layout), checked for links out before a run.
 _TOP = ("config.yaml", "lineage.json", "report.md", "eval.parquet", "rounds.json", "rounds", "stages", ".cache",

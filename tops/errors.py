@@ -16,3 +16,12 @@ class ServiceError(Exception):
 # Exit code of a training command that ran out of (GPU) memory on any of its processes: the caller
 # (the flow's stage runner) retries it with half the micro-batch and twice the accumulation.
 EXIT_OUT_OF_MEMORY = 3
+
+
+QUOTE_CHARS = 80  # the longest quote of a user's value in an error line
+
+
+def quote(value: object, limit: int = QUOTE_CHARS) -> str:
+    """repr(value) cut to `limit` characters: an error line never carries a whole input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
