@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, Tag, model_validator
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from tops.config.base import Strict
 
@@ -53,14 +53,14 @@ class HFSource(Strict):
     name: str | None = None
     split: str = "train"
     columns: ColumnMap = Field(default_factory=ColumnMap)
-    answer_format: Literal["auto", "gsm8k", "boxed", "plain"] = "auto"
+    answer_format: Literal["auto", "gsm8k", "boxed", "plain", "choice"] = "auto"
 
 
 class FileSource(Strict):
     kind: Literal["file"] = "file"
     path: Path
     columns: ColumnMap = Field(default_factory=ColumnMap)
-    answer_format: Literal["auto", "gsm8k", "boxed", "plain"] = "auto"
+    answer_format: Literal["auto", "gsm8k", "boxed", "plain", "choice"] = "auto"
 
 
 def _source_kind(value: Any) -> str | None:
@@ -86,6 +86,16 @@ class BenchmarkConfig(Strict):
     """A benchmark preset (tops/benchmarks.py): the Hub dataset, or `path`, a local file with
     the same columns."""
 
-    name: Literal["gsm8k", "math500", "aime24", "aime25"]
+    name: Literal["gsm8k", "math500", "aime24", "aime25", "gpqa_diamond", "mmlu_pro", "lsat"]
     path: Path | None = None
     n: int | None = Field(None, ge=1)  # a random subset of this many problems (None: all)
+    # The checker of its answers (tops/checkers.py); None: the preset's (choice for the
+    # multiple-choice sets), else verify.checker.
+    checker: str | None = None
+
+    @field_validator("checker")
+    @classmethod
+    def _checker_installed(cls, name: str | None) -> str | None:
+        from tops.checkers import check_name
+
+        return None if name is None else check_name(name)

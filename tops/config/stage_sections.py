@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from tops import answers
-from tops.config.base import Strict
+from tops.config.base import MAX_SAMPLES, Strict, quoted
 from tops.config.efforts import EFFORT_ORDER
 from tops.config.run_model import EngineConfig, SamplingConfig
 from tops.config.problems import BenchmarkConfig, SourceConfig
@@ -67,10 +67,10 @@ DepthControlConfig = Annotated[BudgetForcingConfig | AlphaOneConfig, Field(discr
 
 class GenerateConfig(Strict):
     efforts: list[str] = Field(default_factory=lambda: list(EFFORT_ORDER))
-    n_samples: int = Field(1, ge=1)
+    n_samples: int = Field(1, ge=1, le=MAX_SAMPLES)
     # Effort name -> samples of that effort, instead of n_samples. {low: 4}: the short effort
     # is cheap to sample again, and select.min_effort_accuracy then tells skill from luck.
-    n_samples_by_effort: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
+    n_samples_by_effort: dict[str, Annotated[int, Field(ge=1, le=MAX_SAMPLES)]] = Field(default_factory=dict)
     shard_size: int = Field(256, ge=1)  # (problem, effort) prompts per resumable shard
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     # Effort name -> depth control applied when sampling that effort (tops/depth.py).
@@ -79,12 +79,31 @@ class GenerateConfig(Strict):
     def samples_for(self, effort: str) -> int:
         return self.n_samples_by_effort.get(effort, self.n_samples)
 
+    @field_validator("efforts")
+    @classmethod
+    def _each_effort_once(cls, efforts: list[str]) -> list[str]:
+        """An effort listed twice would write every (problem, effort, sample_idx) row twice."""
+        twice = next((e for i, e in enumerate(efforts) if e in efforts[:i]), None)
+        if twice is not None:
+            raise ValueError(f"effort {quoted(twice)} is listed more than once")
+        return efforts
+
 
 class VerifyConfig(Strict):
     timeout_s: float = Field(5.0, gt=0)
     workers: int | None = Field(None, ge=1)  # None: all cores
     second_checker: Literal["none", "numeric"] = "none"
     answer_phrases: bool = True  # fall back to "the answer is ..." / "Final Answer:" when no \boxed{}
+    # Which checker decides `correct` (tops/checkers.py): math, exact, choice, or an installed
+    # entry point of group `tops.checkers`. Installed code, by name only.
+    checker: str = "math"
+
+    @field_validator("checker")
+    @classmethod
+    def _checker_installed(cls, name: str) -> str:
+        from tops.checkers import check_name
+
+        return check_name(name)
 
 
 class LaserConfig(Strict):
@@ -200,6 +219,7 @@ class EvalConfig(Strict):
     benchmarks: list[BenchmarkConfig] = Field(default_factory=list)
     source: SourceConfig | None = None
     pass_k: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)  # []: k = samples per problem
+    maj_k: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)  # majority vote of k; []: as pass_k
     token_budgets: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)  # []: quarters of the longest
 
     @field_validator("benchmarks", mode="before")
@@ -216,6 +236,8 @@ class EvalConfig(Strict):
             raise ValueError("eval.benchmarks and eval.source are exclusive: held-out problems come from one")
         if any(k > len(self.seeds) for k in self.pass_k):
             raise ValueError(f"eval.pass_k: k cannot exceed the {len(self.seeds)} samples per problem (eval.seeds)")
+        if any(k > len(self.seeds) for k in self.maj_k):
+            raise ValueError(f"eval.maj_k: k cannot exceed the {len(self.seeds)} samples per problem (eval.seeds)")
         return self
 
 
