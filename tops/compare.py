@@ -16,7 +16,7 @@ import yaml
 from tops.artifacts import read_artifact
 from tops.config import EFFORT_ORDER
 from tops.errors import UserError
-from tops.evaluate import ordered_difficulties, summarize
+from tops.evaluate import default_ks, maj_at_k, ordered_difficulties, summarize
 from tops.goals import checks_markdown, effort_shares, goal_checks, shape_checks
 from tops.layout import SELECTED, RunLayout
 from tops.report import plot_points
@@ -50,20 +50,34 @@ def load_run(run_dir: Path) -> RunResult:
     return RunResult(run.dir.name, evals, selected, levels, seed)
 
 
+def _majority(evals: pd.DataFrame, table: pd.DataFrame, by: list[str]) -> list[float]:
+    """maj@k (k = samples per problem) of each row of `table`, grouped by `by`; NaN with 1 sample."""
+    ks = default_ks(evals)
+    if not ks:
+        return [float("nan")] * len(table)
+    values = {key if isinstance(key, tuple) else (key,): maj_at_k(group, ks[0])
+              for key, group in evals.groupby(by, dropna=False, sort=False)}
+    return [values.get(tuple(row[c] for c in by), float("nan")) for _, row in table.iterrows()]
+
+
 def per_run_table(runs: list[RunResult]) -> pd.DataFrame:
-    """One row per run, model and effort: accuracy and mean tokens, overall and per difficulty."""
+    """One row per run, model and effort: accuracy, maj@k (k = samples per problem) and mean
+    tokens, overall and per difficulty."""
     parts = []
     for run in runs:
         overall = summarize(run.evals).assign(difficulty="all")
+        overall["maj"] = _majority(run.evals, overall, ["model", "effort"])
         by_level = summarize(run.evals, ("model", "effort", "difficulty"))
+        by_level["maj"] = _majority(run.evals, by_level, ["model", "effort", "difficulty"])
         parts.append(pd.concat([overall, by_level], ignore_index=True).assign(run=run.name))
-    return pd.concat(parts, ignore_index=True)[["run", "model", "effort", "difficulty", "accuracy", "mean_tokens"]]
+    return pd.concat(parts, ignore_index=True)[["run", "model", "effort", "difficulty", "accuracy", "maj",
+                                                 "mean_tokens"]]
 
 
 def across_runs(per_run: pd.DataFrame) -> pd.DataFrame:
     """Mean over runs and the standard deviation over runs (population, as the seed spread is)."""
     grouped = per_run.groupby(["model", "effort", "difficulty"], dropna=False)
-    table = grouped[["accuracy", "mean_tokens"]].mean()
+    table = grouped[["accuracy", "maj", "mean_tokens"]].mean()
     table["acc_std"] = grouped["accuracy"].std(ddof=0)
     table["tokens_std"] = grouped["mean_tokens"].std(ddof=0)
     table["runs"] = grouped.size()
@@ -113,7 +127,9 @@ def compare_markdown(runs: list[RunResult], model_order: list[str] | None = None
     levels = ordered_difficulties([d for d in table["difficulty"].unique() if d != "all"], runs[0].difficulty_order)
     order = model_order or list(dict.fromkeys(m for run in runs for m in run.evals["model"]))
     names = [run.name for run in runs]
-    header = ["model", "effort", "accuracy (mean ± sd over runs)", "per run", "mean tokens",
+    ks = {k for run in runs for k in default_ks(run.evals)}
+    header = ["model", "effort", "accuracy (mean ± sd over runs)", "per run",
+              f"maj@{ks.pop() if len(ks) == 1 else 'k'} (mean)", "mean tokens",
               *[f"{d} acc / tok" for d in levels]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rank = {m: i for i, m in enumerate(order)}
@@ -124,7 +140,7 @@ def compare_markdown(runs: list[RunResult], model_order: list[str] | None = None
                        & (per_run["difficulty"] == "all")].set_index("run")["accuracy"]
         cells = [row.model, row.effort, f"{row.accuracy:.3f} ± {row.acc_std:.3f}",
                  " / ".join(f"{mine[n]:.2f}" if n in mine.index else "–" for n in names),
-                 f"{row.mean_tokens:.1f} ± {row.tokens_std:.1f}"]
+                 "–" if pd.isna(row.maj) else f"{row.maj:.3f}", f"{row.mean_tokens:.1f} ± {row.tokens_std:.1f}"]
         for d in levels:
             hit = table[(table["model"] == row.model) & (table["effort"] == row.effort) & (table["difficulty"] == d)]
             cells.append(f"{hit['accuracy'].iloc[0]:.2f} / {hit['mean_tokens'].iloc[0]:.0f}" if len(hit) else "–")

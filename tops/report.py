@@ -84,14 +84,22 @@ def plot_effort_shares(shares: pd.DataFrame, path: Path) -> Path:
 def write_report(run_dir: Path, evals: pd.DataFrame, selected: pd.DataFrame | None, model_order: list[str],
                  notes: list[str] | None = None, difficulty_order: list[str] | None = None,
                  stage_times: list[tuple[str, float | None, bool]] | None = None,
-                 pass_ks: list[int] | None = None, budgets: list[int] | None = None) -> Path:
+                 pass_ks: list[int] | None = None, budgets: list[int] | None = None,
+                 maj_ks: list[int] | None = None) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     parts = [f"# TOPS run `{run_dir.name}`", "", "## Held-out evaluation", "",
-             markdown_table(evals, model_order, difficulty_order, pass_ks, budgets), "",
+             markdown_table(evals, model_order, difficulty_order, pass_ks, budgets, maj_ks), "",
              "Accuracy is the mean over problems and seeds (± standard deviation of per-seed accuracy); the "
              "95% CI resamples the held-out problems within each difficulty (percentile bootstrap, 2000 draws), "
              "which also covers which problems happened to be drawn; tokens are counted with each model's "
-             "tokenizer.", ""]
+             "tokenizer. maj@k: the most frequent answer of a problem's first k samples (a tie goes to the "
+             "answer given first), scored as that answer was.", ""]
+    domains = domain_markdown(evals, model_order)
+    if domains:
+        parts += ["## In domain and out of domain", "", domains, "",
+                  "In domain: the maths held-out problems and benchmarks; out of domain: the multiple-choice "
+                  "benchmarks (GPQA Diamond, MMLU-Pro, LSAT). Does thinking less on maths cost accuracy "
+                  "elsewhere?", ""]
     plot_accuracy_vs_tokens(evals, run_dir / ACCURACY_PLOT)
     parts += [f"![accuracy vs tokens]({ACCURACY_PLOT})", ""]
     plot_budget_accuracy(evals, run_dir / BUDGET_PLOT, budgets)
@@ -114,6 +122,35 @@ def write_report(run_dir: Path, evals: pd.DataFrame, selected: pd.DataFrame | No
     path = RunLayout(run_dir).report
     path.write_text("\n".join(parts))
     return path
+
+
+def domain_markdown(evals: pd.DataFrame, model_order: list[str] | None = None) -> str | None:
+    """Accuracy and mean tokens in and out of the training domain side by side, one row per
+    model and effort; None when every row is in domain."""
+    from tops.benchmarks import in_domain
+
+    bench = evals["benchmark"].fillna("held-out") if "benchmark" in evals.columns else pd.Series("held-out",
+                                                                                                 index=evals.index)
+    inside = bench.map(in_domain).astype(bool)
+    if inside.all():
+        return None
+    order = {m: i for i, m in enumerate(model_order or dict.fromkeys(evals["model"]))}
+    lines = ["| model | effort | in-domain accuracy | in-domain tokens | out-of-domain accuracy | "
+             "out-of-domain tokens |", "|---|---|---|---|---|---|"]
+    groups = sorted(evals.groupby(["model", "effort"], sort=False).groups,
+                    key=lambda key: (order.get(key[0], len(order)), _effort_rank(key[1])))
+    for model, effort in groups:
+        mine = (evals["model"] == model) & (evals["effort"] == effort)
+        cells = [model, effort]
+        for side in (mine & inside, mine & ~inside):
+            part = evals[side]
+            cells += ([f"{part['correct'].mean():.3f}", f"{part['n_tokens'].mean():.1f}"] if len(part) else ["–", "–"])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _effort_rank(effort: str) -> tuple[int, str]:
+    return (EFFORT_ORDER.index(effort), effort) if effort in EFFORT_ORDER else (9, effort)
 
 
 def _stage_times_markdown(stage_times: list[tuple[str, float | None, bool]]) -> str:

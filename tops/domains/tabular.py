@@ -150,7 +150,7 @@ def load_table_problems(source, n: int, seed: int, exclude=frozenset(), prepare=
         "difficulty": raw[cols.difficulty].map(as_text).to_numpy() if cols.difficulty else None,
     })
     if "subject" in raw.columns:  # a benchmark preset's subject (per-subject eval rows)
-        problems["subject"] = raw["subject"].map(as_text).to_numpy()
+        problems["subject"] = [None if v is None or v != v else as_text(v) for v in raw["subject"]]  # v != v: NaN
     repeated = problems["problem_id"].duplicated(keep=False)
     if cols.problem_id and repeated.any():  # the README promises exit 2: rows are never merged silently
         rows = [int(i) for i in problems.index[repeated][:2]]
