@@ -13,6 +13,8 @@ child stage ran with beside it), then publishes the current lineage under stable
     <run>/eval.parquet, report.md (+ its plots), lineage.json (published name -> stage output)
     <run>/rounds.json, rounds/problems.parquet, rounds.png   the campaign's rounds (tops/rounds.py)
     <run>/exports/round<k>/      what round k's export stage pushed (tops/hub/publish.py)
+    <run>/exports/round<k>-model/   the model it pushed: hard links + its model card (tops/hub/model_card.py)
+    <run>/logs/<stage>/          TensorBoard events of a training stage, logs/eval, logs/rounds (tops/tracking.py)
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ ROUNDS = "rounds.json"
 ROUNDS_LEDGER = "rounds/problems.parquet"
 ROUNDS_PLOT = "rounds.png"
 EXPORTS = "exports"
+LOGS = "logs"  # `tensorboard --logdir <run>/logs`
 
 
 def default_label(model: str | Path) -> str:
@@ -67,6 +70,28 @@ def model(label: str) -> str:
 
 def export_round(k: int) -> str:
     return f"{EXPORTS}/round{k}"
+
+
+def export_model_round(k: int) -> str:
+    """What round k pushes to the model repo: the model's files (hard links) and README.md."""
+    return f"{EXPORTS}/round{k}-model"
+
+
+def logs(name: str) -> str:
+    """A tracker's folder for one stage (a training output's name, `eval`, `rounds`)."""
+    return f"{LOGS}/{name}"
+
+
+def run_folder_of(output: str | Path) -> Path:
+    """The run folder a stage output belongs to: <run> for <run>/stages/<output> (the flow), else
+    the output's own folder (a command's --out)."""
+    output = Path(output)
+    return output.parent.parent if output.parent.name == STAGES else output.parent
+
+
+def logs_for(output: str | Path) -> Path:
+    """A stage output's tracker folder: <run>/logs/<output's name>."""
+    return run_folder_of(output) / logs(Path(output).name.removesuffix(".parquet"))
 
 
 def in_iteration(k: int, artifact: str) -> str:

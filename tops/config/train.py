@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from tops.config.base import Strict
 
@@ -43,6 +43,12 @@ class TrainConfig(Strict):
     num_processes: int = Field(1, ge=1)
     accelerate_config: Path | None = None
     logging_steps: int = Field(5, ge=1)
+    # Where the curves go (tops/tracking.py): TensorBoard into <run>/logs/<stage>/ by default;
+    # wandb / mlflow / trackio as TRL passes them on; "none" for nothing. Checked before training.
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio", "none"]] = Field(
+        default_factory=lambda: ["tensorboard"])
+    # TensorBoard's folder; None: <run>/logs/<the output folder's name> (tops.layout.logs_for).
+    logging_dir: Path | None = None
     save_steps: int = Field(50, ge=1)
     # Trainer checkpoints (weights + optimizer state, ~3x the model) only serve a resume; a
     # finished run deletes them unless this is True.
@@ -71,6 +77,17 @@ class TrainConfig(Strict):
     # DPO: None = learning_rate / 20 (the paper: SFT 1e-5, Iter-DPO 5e-7) and `epochs`.
     dpo_learning_rate: float | None = Field(None, gt=0)
     dpo_epochs: float | None = Field(None, gt=0)
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_or_many(cls, value):
+        """`--set train.report_to=none` or a list; "none" means nothing, so it stands alone."""
+        value = [value] if isinstance(value, str) else value
+        if isinstance(value, list) and "none" in value and len(value) > 1:
+            raise ValueError("'none' cannot be combined with a tracker")
+        if isinstance(value, list) and len(set(map(str, value))) != len(value):
+            raise ValueError("a tracker is named twice")
+        return value
 
     @model_validator(mode="after")
     def _budget_fits_one_example(self):

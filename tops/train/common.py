@@ -37,7 +37,8 @@ KEY_FILE = "run_key.json"
 # the key as its effective size only, so a retry with half the micro-batch and twice the
 # accumulation (the flow's out-of-memory retry) resumes the same run.
 _NOT_IN_KEY = ("logging_steps", "save_steps", "num_processes", "accelerate_config",
-               "batch_size", "grad_accum", "max_tokens_per_batch", "keep_checkpoints")
+               "batch_size", "grad_accum", "max_tokens_per_batch", "keep_checkpoints",
+               "report_to", "logging_dir")
 
 
 # ---------------------------------------------------------------- processes
@@ -185,6 +186,8 @@ def trainer_args(config_cls, cfg: TrainConfig, out_dir: Path, *, learning_rate: 
                  epochs: float, progress: bool, setup: TrainSetup, **extra):
     """SFTConfig / DPOConfig from our TrainConfig and the resolved setup. TRL's own defaults
     (bf16 on, gradient checkpointing on) are overridden explicitly so the config alone decides."""
+    from tops.tracking import for_trainer
+
     if setup.liger_kernels:
         extra.setdefault("use_liger_kernel", True)
     return config_cls(
@@ -213,7 +216,8 @@ def trainer_args(config_cls, cfg: TrainConfig, out_dir: Path, *, learning_rate: 
         use_cpu=uses_cpu(),
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,  # every trainable weight is used; True costs a graph walk
-        report_to="none",
+        report_to=for_trainer(cfg, out_dir) or "none",  # TensorBoard's folder: tops.tracking.point_tensorboard
+        run_name=out_dir.name,
         disable_tqdm=not progress,
         **extra,
     )

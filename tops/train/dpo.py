@@ -20,6 +20,8 @@ import pandas as pd
 from tops.artifacts import fingerprint
 from tops.config import TrainConfig
 from tops.errors import UserError
+from tops.tracking import check as check_trackers
+from tops.tracking import point_tensorboard
 from tops.train.common import (
     base_summary,
     finish,
@@ -76,6 +78,7 @@ def train_dpo(pairs: pd.DataFrame, base_model: str | Path, out_dir: str | Path, 
               prompts: dict[str, str], progress: bool = True, callbacks: list | None = None) -> dict:
     """DPO-train `base_model` on question/chosen/rejected rows into `out_dir` (same layout,
     resume and completion rules as train_sft)."""
+    check_trackers(cfg.report_to)
     with progress_bars(progress), out_of_memory_guard(Path(out_dir)):
         return _train_dpo(pairs, base_model, Path(out_dir), cfg, prompts, progress, callbacks)
 
@@ -103,6 +106,7 @@ def _train_dpo(pairs, base_model, out_dir: Path, cfg: TrainConfig, prompts, prog
                         precompute_ref_log_probs=reference_of(cfg) == "log-probs precomputed")
     trainer = DPOTrainer(model=str(base_model), args=args, train_dataset=dataset,
                          processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=callbacks)
+    point_tensorboard(trainer, cfg, out_dir)
     if not progress:
         trainer.remove_callback(PrinterCallback)
     resumed_from = last_checkpoint(out_dir)

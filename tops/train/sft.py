@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 
 from tops.config import TrainConfig
+from tops.tracking import check as check_trackers
+from tops.tracking import point_tensorboard
 from tops.train.batching import (
     MicroBatchSampler,
     PackedCollator,
@@ -138,6 +140,7 @@ def build_sft_trainer(data: pd.DataFrame, base_model: str | Path, out_dir: Path,
                 else PaddedCollator(tokenizer.pad_token_id))
     trainer = _trainer_class()(model=str(base_model), args=args, train_dataset=dataset, data_collator=collator,
                                processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=callbacks)
+    point_tensorboard(trainer, cfg, out_dir)
     trainer.setup = setup
     trainer.example_lengths = [len(ids) for ids in examples.input_ids]
     trainer.max_length = cfg.max_length
@@ -155,6 +158,7 @@ def train_sft(data: pd.DataFrame, base_model: str | Path, out_dir: str | Path, c
     Raises UserError, before training, for a row with no trainable token; out of memory is
     raised as it came (and marked for the launching process, see out_of_memory_guard).
     """
+    check_trackers(cfg.report_to)  # one line before anything is written, not a login prompt later
     with progress_bars(progress), out_of_memory_guard(Path(out_dir)):
         return _train_sft(data, base_model, Path(out_dir), cfg, prompts, progress, callbacks)
 
