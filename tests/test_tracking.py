@@ -86,6 +86,27 @@ def test_evaluation_and_round_summaries(tmp_path):
     assert not (tmp_path / "quiet").exists()
 
 
+def test_tops_eval_artifact_is_logged_under_its_name(tmp_path):
+    """What `tops eval --out <run>/eval.parquet` logs after writing its artifact."""
+    from tops import tracking
+    from tops.artifacts import write_artifact
+
+    write_artifact(_evals(), tmp_path / "run" / "eval.parquet", "eval")
+    tracking.log_eval_file(["tensorboard"], tmp_path / "run" / "eval.parquet", "table")
+    assert _scalars(tmp_path / "run" / "logs" / "eval")["eval/tops/none/accuracy"] == [(0, 0.75)]
+
+
+def test_tops_run_checks_every_training_stage_s_trackers():
+    from tops import tracking
+    from tops.config import load_config
+
+    tracking.check_run(load_config(None, []))
+    cfg = load_config(None, ["flow.train_overrides={tag: {report_to: [tensorboard, wandb]}}"])
+    if __import__("importlib").util.find_spec("wandb") is None:
+        with pytest.raises(UserError, match="wandb is not installed"):
+            tracking.check_run(cfg)
+
+
 def test_a_missing_tracker_fails_in_one_line(monkeypatch):
     from tops import tracking
 

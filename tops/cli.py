@@ -185,12 +185,17 @@ def eval_cmd(models: Annotated[list[str], typer.Option("--model", help="Model(s)
              shard: ShardOpt = "0/1",
              quiet: QuietOpt = False):
     """Held-out accuracy and tokens per model, effort and difficulty (Markdown table + artifact)."""
+    from tops import tracking
     from tops.stages import run_eval
 
     cfg = _config(config, sets)
     path = _out(cfg, out, "eval")
-    typer.echo(run_eval(cfg, path, models, train_data or [], progress=not quiet, problems_path=problems_path,
-                        labels=labels, shard=_shard(shard)))
+    tracking.check(cfg.train.report_to)
+    table = run_eval(cfg, path, models, train_data or [], progress=not quiet, problems_path=problems_path,
+                     labels=labels, shard=_shard(shard))
+    if _shard(shard)[1] == 1:  # a shard's part is one of several: the merged artifact is what counts
+        tracking.log_eval_file(cfg.train.report_to, path, table)
+    typer.echo(table)
 
 
 @app.command("seed")
@@ -270,7 +275,9 @@ def compare_cmd(run_dirs: Annotated[list[Path], typer.Argument(help="Finished ru
 def _run_flow(config: Path | None, sets: list[str] | None) -> dict:
     from tops.flow.pipeline import run
 
-    _config(config, sets)  # fail fast, before Prefect starts
+    from tops.tracking import check_run
+
+    check_run(_config(config, sets))  # fail fast, before Prefect starts (trackers included)
     result = run(str(config) if config else None, list(sets or []))
     if result.get("nothing_new"):  # a later round with nothing to learn from changed nothing
         typer.echo(result["nothing_new"])

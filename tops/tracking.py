@@ -142,9 +142,28 @@ def round_metrics(record) -> dict[str, float]:
 
 
 def log_eval(report_to: Iterable[str], run_dir: str | Path, evals: pd.DataFrame, step: int = 0,
-             table: str | None = None) -> None:
-    """Evaluation results into every configured tracker (<run>/logs/eval for TensorBoard)."""
-    log(report_to, run_dir, "eval", eval_metrics(evals), step, {"eval/table": table} if table else None)
+             table: str | None = None, name: str = "eval") -> None:
+    """Evaluation results into every configured tracker (<run>/logs/<name> for TensorBoard)."""
+    log(report_to, run_dir, name, eval_metrics(evals), step, {"eval/table": table} if table else None)
+
+
+def log_eval_file(report_to: Iterable[str], path: str | Path, table: str | None = None) -> None:
+    """`tops eval`'s artifact, logged under its own name (<run>/logs/eval for <run>/eval.parquet)."""
+    if not active(report_to):
+        return
+    from tops.artifacts import read_artifact
+
+    path = Path(path)
+    log_eval(report_to, layout.run_folder_of(path), read_artifact(path, "eval"), table=table,
+             name=path.name.removesuffix(".parquet"))
+
+
+def check_run(cfg) -> None:
+    """Every tracker a run's training stages use (train.report_to and flow.train_overrides)."""
+    names = list(cfg.train.report_to)
+    for override in cfg.flow.train_overrides.values():
+        names += [n for n in override.get("report_to") or [] if isinstance(n, str)]
+    check(dict.fromkeys(names))
 
 
 def log_round(report_to: Iterable[str], run_dir: str | Path, record, evals: pd.DataFrame | None = None) -> None:

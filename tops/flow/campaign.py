@@ -18,7 +18,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tops import layout as names
-from tops import rounds
+from tops import rounds, tracking
 from tops.artifacts import read_artifact, write_artifact
 from tops.errors import UserError
 from tops.flow.stage_loop import PlanStep
@@ -87,7 +87,12 @@ def finish_first_round(loop, latest: str, evals: pd.DataFrame, report: Path) -> 
 
 
 def finish(loop, record: rounds.Round, report: Path, lineage: dict) -> dict:
-    """Every round's end: the history of rounds in the report, then the export stage."""
+    """Every round's end: its summary to the trackers, the history of rounds in the report, then the
+    export stage."""
+    try:
+        tracking.log_round(loop.cfg.train.report_to, loop.dir, record, read_artifact(loop.layout.eval, "eval"))
+    except Exception as exc:  # noqa: BLE001 - curves are a convenience; the round's records are written
+        get_run_logger().warning(f"round {record.number}: not logged to {loop.cfg.train.report_to}: {exc}")
     history = rounds.history_section(loop.dir, loop.dir / ROUNDS_PLOT, ROUNDS_PLOT)
     published, failure = export_stage(loop, record)
     if published or failure:
