@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from tops.config.base import Strict
+from tops.config.cluster import ClusterConfig
 from tops.config.efforts import EffortsConfig
 from tops.config.grpo import GrpoConfig
 from tops.config.run_model import EngineConfig, ModelConfig, RunConfig
@@ -41,7 +42,7 @@ class FlowConfig(Strict):
     # x2, Iter-SFT 1e-6 x1, Iter-DPO 5e-7 x3), keyed by TRAIN_STAGES.
     train_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
     runner: Literal["thread", "ray"] = "thread"
-    ray_address: str | None = None  # None: start a local Ray instance
+    ray_address: str | None = None  # an alias of cluster.address (tops/config/cluster.py)
     generate_shards: int = Field(1, ge=1)  # generation split into this many mapped tasks
     # Evaluations of this many models at once, each on its share of the node (tops.gpus.lane_plans:
     # a subset of the GPU engine groups, or of the CPU cores). 1: one model at a time on all of it.
@@ -110,6 +111,22 @@ class TopsConfig(Strict):
     seed: SeedConfig = Field(default_factory=SeedConfig)
     flow: FlowConfig = Field(default_factory=FlowConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+    @model_validator(mode="after")
+    def _one_cluster_address(self) -> TopsConfig:
+        """flow.ray_address is the older name of cluster.address; a Ray address needs the Ray runner."""
+        alias = self.flow.ray_address
+        if alias:
+            if self.cluster.address not in (None, alias):
+                raise ValueError(f"flow.ray_address ({alias}) and cluster.address ({self.cluster.address}) "
+                                 "disagree; set cluster.address only")
+            if self.cluster.address is None:
+                self.cluster.address = alias  # validated there
+        if self.cluster.address and self.flow.runner != "ray":
+            raise ValueError(f"cluster.address is {self.cluster.address} but flow.runner is "
+                             f"{self.flow.runner}; set flow.runner: ray to run the stages on the cluster")
+        return self
 
     @model_validator(mode="after")
     def _efforts_known(self) -> TopsConfig:

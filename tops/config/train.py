@@ -41,6 +41,9 @@ class TrainConfig(Strict):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     beta: float = Field(0.1, gt=0)  # DPO
     num_processes: int = Field(1, ge=1)
+    # Nodes one training stage spans (flow.runner: ray places one `accelerate launch` per node,
+    # tops/flow/ray_cluster.py); num_processes is the total over them.
+    num_machines: int = Field(1, ge=1)
     accelerate_config: Path | None = None
     logging_steps: int = Field(5, ge=1)
     # Where the curves go (tops/tracking.py): TensorBoard into <run>/logs/<stage>/ by default;
@@ -77,6 +80,13 @@ class TrainConfig(Strict):
     # DPO: None = learning_rate / 20 (the paper: SFT 1e-5, Iter-DPO 5e-7) and `epochs`.
     dpo_learning_rate: float | None = Field(None, gt=0)
     dpo_epochs: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _processes_per_machine(self):
+        if self.num_processes % self.num_machines:
+            raise ValueError(f"num_processes ({self.num_processes}) must be a multiple of num_machines "
+                             f"({self.num_machines}): every node runs the same number of processes")
+        return self
 
     @field_validator("report_to", mode="before")
     @classmethod

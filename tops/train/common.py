@@ -31,12 +31,13 @@ from tops.errors import EXIT_OUT_OF_MEMORY, UserError
 from tops.launch import in_launched_process
 from tops.models import COMPLETE_MARKER
 from tops.train.kernels import TrainSetup
+from tops.train.nodes import cluster_summary
 
 KEY_FILE = "run_key.json"
 # Settings that change how a run is watched or launched, not what it learns. The batch enters
 # the key as its effective size only, so a retry with half the micro-batch and twice the
 # accumulation (the flow's out-of-memory retry) resumes the same run.
-_NOT_IN_KEY = ("logging_steps", "save_steps", "num_processes", "accelerate_config",
+_NOT_IN_KEY = ("logging_steps", "save_steps", "num_processes", "num_machines", "accelerate_config",
                "batch_size", "grad_accum", "max_tokens_per_batch", "keep_checkpoints",
                "report_to", "logging_dir")
 
@@ -55,7 +56,10 @@ def relaunch_command(argv: Sequence[str], cfg: TrainConfig) -> list[str] | None:
     processes, or None when this process should train itself."""
     if cfg.num_processes <= 1 or in_launched_process():
         return None
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(cfg.num_processes)]
+    from tops.train.nodes import machine_args
+
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(cfg.num_processes),
+           *machine_args(cfg)]
     if cfg.accelerate_config is not None:
         if not Path(cfg.accelerate_config).exists():
             raise UserError(f"train.accelerate_config: {cfg.accelerate_config}: file not found")
@@ -397,6 +401,7 @@ def base_summary(kind: str, base_model: str | Path, out_dir: Path, cfg: TrainCon
         "train_seconds": round(seconds, 2),
         "resumed_from": resumed_from,
         "num_processes": int(trainer.accelerator.num_processes),
+        **cluster_summary(trainer.accelerator.num_processes, cfg.num_machines),
         "paths": {
             "model": str(out_dir),
             "adapter": str(out_dir / "adapter") if cfg.lora.enabled else None,
