@@ -35,17 +35,14 @@ def _problems_stage(root: Path, name: str = "hostile"):
     """Run the seed split's `problems` stage as the flow runs it; returns (result, output, key)."""
     from prefect import flow
 
-    from tops.config import config_section
+    from tops.flow import steps
     from tops.flow.stage_loop import Loop
-    from tops.flow.tasks import problems_task
 
     cfg = load_config(SMOKE, [f"run.root={root}", f"run.name={name}"])
-    section = {**config_section(cfg, "problems"), "n": 3, "seed": 0, "split": "seed", "heldout": False}
 
     @flow(name="hostile-records")
     def one_stage() -> str:
-        loop = Loop(cfg)
-        return loop.call(problems_task, "problems-seed", section, {}, cfg=cfg, n=3, seed=0, exclude=[])
+        return steps.problems(Loop(cfg), "seed", 3, 0, [])
 
     out = one_stage()
     key = Path(out).name.removeprefix("problems-seed-").removesuffix(".parquet")
@@ -61,6 +58,7 @@ def _pickle_record(payload) -> bytes:
                        "result": base64.b64encode(cloudpickle.dumps(payload)).decode()}).encode()
 
 
+@pytest.mark.slow
 def test_a_tampered_cache_record_is_replaced_never_unpickled(harness, tmp_path):
     result, out, key = _problems_stage(tmp_path)
     record = tmp_path / "hostile" / ".cache" / key
@@ -85,6 +83,7 @@ def test_a_tampered_cache_record_is_replaced_never_unpickled(harness, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_a_renamed_run_folder_keeps_its_cache(harness, tmp_path):
     old, out, key = _problems_stage(tmp_path, "before")
     shutil.move(tmp_path / "before", tmp_path / "after")

@@ -42,7 +42,7 @@ LEDGER_FILE = Path(layout.ROUNDS_LEDGER)
 SEEN = "seen"  # in the source when a round looked, not used by it
 FIRST_ROUND_SEED_STRIDE = 1009  # round k draws with run.seed + k * stride (far from the split seeds)
 MAX_ROUNDS = 100_000
-LABEL = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}"  # a model label / role: a plain name, never a path
+LABEL = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$"  # a model label / role: a plain name, never a path
 
 
 class Round(Strict):
