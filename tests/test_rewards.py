@@ -66,6 +66,7 @@ def test_thresholds_follow_their_get_length_threshold():
     assert length_thresholds(1024, 4096, 1024) == [1024, 2048, 3072, 4096]
     assert length_thresholds(512, 3072, 1024) == [512, 1024, 2048, 3072]
     assert length_thresholds(2048, 4096, 1024) == [2048, 3072, 4096]
+    assert length_thresholds(16, 96, 32) == [16, 32, 64, 96]  # the same rule at short lengths
 
 
 def _monitor(rows: dict[str, list[int]]) -> pd.DataFrame:

@@ -96,10 +96,12 @@ def lower_n(bucket: str, n_rollouts: int) -> int:
 
 
 def length_thresholds(lower: int, upper: int, interval: int) -> list[int]:
-    """Candidate targets, LASER's get_length_threshold: lower, then multiples of `interval`
-    from 1024 when lower < 1024, else lower, lower + interval, ... up to `upper`."""
-    if lower < 1024:
-        return [lower, *range(1024, upper + interval, interval)]
+    """Candidate targets, LASER's get_length_threshold: lower, lower + interval, ... up to
+    `upper`; a lower bound under one interval is followed by the multiples of the interval.
+    (Theirs writes 1024 for that interval, the only one they use; at our short lengths a
+    literal 1024 would leave one candidate.)"""
+    if lower < interval:
+        return [lower, *range(interval, upper + interval, interval)]
     return list(range(lower, upper + interval, interval))
 
 
