@@ -205,20 +205,20 @@ def verify_samples(df: pd.DataFrame, cfg: VerifyConfig, progress: bool = True,
         name = names[position]
         checker = checkers[name]
         try:
-            if (name, answer) not in gold_of:
-                gold_of[name, answer] = checker.gold(answer)
-            gold = golds[position] = gold_of[name, answer]
             pred = preds[position] = None if cut_off_in_thinking(response) else checker.extract(
                 response, cfg.answer_phrases)
             if pred is None:
                 record(position, False, "no_answer")
                 continue
+            if (name, answer) not in gold_of:
+                gold_of[name, answer] = None  # stays None when the checker cannot read it
+                gold_of[name, answer] = checker.gold(answer)
+            gold = golds[position] = gold_of[name, answer]
             if len(pred) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
                 record(position, False, "error")  # no one writes such an answer: not judged
                 continue
             verdict = checker.quick(gold, pred)
         except Exception:  # the checker cannot read this row (e.g. a gold that is no option letter)
-            gold_of.setdefault((name, answer), None)
             record(position, False, "error")
             continue
         if verdict is None:
