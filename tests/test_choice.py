@@ -3,10 +3,17 @@ replies (and ways they fail to choose), the gold letter reader and the option la
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pandas as pd
 import pytest
 from bounds import within
 
 from tops.choices import extract_choice, gold_choice, options_text
+from tops.errors import UserError
+
+SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 
 R1 = "<think>\nOkay, the reaction is an SN2... so the product is inverted. Wait, let me check B again.\n</think>\n\n"
 
@@ -86,3 +93,95 @@ def test_gold_letters_and_option_layout():
     assert extract_choice("Neon is noble. The answer is (B).") == "B"
     with pytest.raises(ValueError, match="2 to 10"):
         options_text("q", ["only one"])
+
+
+# ---------------------------------------------------------------- multiple-choice benchmarks
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def mc_files(tmp_path: Path) -> dict[str, Path]:
+    """Local files in each dataset's own layout (GPQA's CSV, MMLU-Pro's and lighteval LSAT's rows)."""
+    gpqa = pd.DataFrame([{"Question": f"Which particle {i}?", "Correct Answer": f"right {i}",
+                          "Incorrect Answer 1": f"wrong {i}a", "Incorrect Answer 2": f"wrong {i}b",
+                          "Incorrect Answer 3": f"wrong {i}c", "Record ID": f"rec{i}",
+                          "High-level domain": "Physics" if i < 3 else "Chemistry"} for i in range(5)])
+    gpqa.to_csv(tmp_path / "gpqa_diamond.csv", index=False)
+    return {
+        "gpqa_diamond": tmp_path / "gpqa_diamond.csv",
+        "mmlu_pro": _jsonl(tmp_path / "mmlu_pro.jsonl", [
+            {"question_id": 70 + i, "question": f"MMLU question {i}", "options": ["1", "2", "3", "4", "N/A", "N/A"],
+             "answer": "BD"[i % 2], "answer_index": [1, 3][i % 2], "cot_content": "", "category": ["law", "math"][i % 2],
+             "src": "ori"} for i in range(4)]),
+        "lsat": _jsonl(tmp_path / "lsat.jsonl", [
+            {"passage": f"Seven people sit in a row ({i}).", "question": "Which must be true?",
+             "references": ["F", "G", "H", "J", "K"], "gold_index": i % 5} for i in range(3)]),
+    }
+
+
+def test_multiple_choice_presets_load_their_own_layouts(tmp_path):
+    from tops.benchmarks import PRESETS, held_out_problems, in_domain
+    from tops.config import load_config
+
+    files = mc_files(tmp_path)
+    math500 = _jsonl(tmp_path / "math500.jsonl", [
+        {"problem": "What is 1+1?", "solution": "\\boxed{2}", "answer": "2", "subject": "Algebra", "level": 1,
+         "unique_id": "test/algebra/1.json"}])
+    benches = [{"name": "math500", "path": str(math500)}] + [{"name": n, "path": str(p)} for n, p in files.items()]
+    cfg = load_config(SMOKE, [f"eval.benchmarks={json.dumps(benches)}"])
+    problems = held_out_problems(cfg, n=1, seed=0)
+    by = {name: part.set_index("problem_id") for name, part in problems.groupby("benchmark")}
+    assert {name: len(part) for name, part in by.items()} == {"math500": 1, "gpqa_diamond": 5, "mmlu_pro": 4, "lsat": 3}
+    assert problems["problem_id"].is_unique
+    # maths rows keep verify.checker (None); the multiple-choice rows are checked by `choice`
+    assert by["math500"]["checker"].isna().all()
+    assert {name: set(by[name]["checker"]) for name in files} == {name: {"choice"} for name in files}
+    assert [in_domain(n) for n in ("math500", "gpqa_diamond", "mmlu_pro", "lsat", "held-out")] == [
+        True, False, False, False, True]
+    assert all(PRESETS[n].split for n in files)
+
+    gpqa = by["gpqa_diamond"]
+    for rid, row in gpqa.iterrows():
+        i = rid.removeprefix("gpqa_diamond/rec")
+        assert f"({row['answer']}) right {i}" in row["question"]  # the gold letter labels the correct answer
+        assert row["question"].count("\n(") == 4
+    assert len(set(gpqa["answer"])) > 1  # the correct answer is not always (A)
+    assert sorted(gpqa["subject"]) == ["Chemistry", "Chemistry", "Physics", "Physics", "Physics"]
+    again = held_out_problems(cfg, n=1, seed=7)  # placement is the record's, not the run's
+    assert again.set_index("problem_id").loc[gpqa.index, "answer"].tolist() == gpqa["answer"].tolist()
+
+    mmlu = by["mmlu_pro"]
+    assert mmlu.loc["mmlu_pro/70", "question"].endswith("(A) 1\n(B) 2\n(C) 3\n(D) 4")  # padding dropped
+    assert mmlu["answer"].tolist() == ["B", "D", "B", "D"] and mmlu["subject"].tolist() == ["law", "math"] * 2
+    lsat = by["lsat"]
+    assert lsat["answer"].tolist() == ["A", "B", "C"] and lsat["subject"].isna().all()
+    assert lsat["question"].iloc[0].startswith("Seven people sit in a row (0).\n\nWhich must be true?\n\n(A) F")
+
+    wrong = load_config(SMOKE, [f"eval.benchmarks=[{{name: mmlu_pro, path: {files['lsat']}}}]"])
+    with pytest.raises(UserError, match=r"benchmark mmlu_pro .*column 'question_id' is missing"):
+        held_out_problems(wrong, n=1, seed=0)
+
+
+def test_benchmark_files_keep_answers_as_written_and_refuse_duplicate_ids(tmp_path):
+    """JSON numbers are not type-inferred (issue 30, item 6); a repeated id exits 2 (item 5)."""
+    from tops.benchmarks import held_out_problems
+    from tops.config import load_config
+
+    path = tmp_path / "aime25.jsonl"
+    answers = ['"007"', "1e3", '"3.10"', "12345678901234567890", "9" * 400, "[1, 2.5]", '{"x": 1}', "true"]
+    path.write_text("".join(f'{{"problem": "p{i}", "answer": {a}, "id": {i}}}\n' for i, a in enumerate(answers)))
+    cfg = load_config(SMOKE, [f"eval.benchmarks=[{{name: aime25, path: {path}}}]"])
+    got = held_out_problems(cfg, n=1, seed=0).set_index("problem_id")["answer"]
+    assert [got[f"aime25/{i}"] for i in range(len(answers))] == [
+        "007", "1e3", "3.10", "12345678901234567890", "9" * 400, "[1, 2.5]", '{"x": 1}', "true"]
+
+    path.write_text('{"problem": "a", "answer": "1", "id": 1}\n{"problem": "b", "answer": "2", "id": 1}\n')
+    with pytest.raises(UserError, match=r"problem id '1' \(column 'id'\) appears more than once \(rows 0 and 1\)"):
+        held_out_problems(cfg, n=1, seed=0)
+    gsm = tmp_path / "gsm8k.jsonl"  # no id column: the same question twice with two answers
+    gsm.write_text('{"question": "q", "answer": "#### 1"}\n{"question": "q", "answer": "#### 2"}\n')
+    with pytest.raises(UserError, match="same question appears with different answers"):
+        held_out_problems(load_config(SMOKE, [f"eval.benchmarks=[{{name: gsm8k, path: {gsm}}}]"]), n=1, seed=0)
