@@ -274,6 +274,9 @@ def compare_cmd(run_dirs: Annotated[list[Path], typer.Argument(help="Finished ru
 
 def _run_flow(config: Path | None, sets: list[str] | None) -> dict:
     from tops.flow.pipeline import run
+    from tops.launch import stop_on_signals
+
+    stop_on_signals()  # a background run (nohup, cron, a service) stops cleanly on SIGINT / SIGTERM
 
     from tops.tracking import check_run
 

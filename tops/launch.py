@@ -10,6 +10,10 @@ A parent killed outright (SIGKILL) runs no finaliser: each `tops` child therefor
 process that launched it (`TOPS_PARENT_PID`) and takes its own process group down when it is gone
 (`exit_with_parent`, called by the CLI). Children of children that start their own session
 (`accelerate launch` workers) are `tops` processes too and watch the same parent.
+
+A long-running parent (`tops run`, `tops demo`) calls `stop_on_signals`: started in the background
+(`cmd &` in a script, nohup, cron) it inherits SIGINT ignored, and Python's default for SIGTERM
+ends it with no clean-up, leaving the Prefect server it started behind.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from dataclasses import dataclass, field
 
 PARENT_ENV = "TOPS_PARENT_PID"
 TAIL_LINES = 40
+_LIVE: set[subprocess.Popen] = set()  # children of launch() still waited on, in any thread
+_LIVE_LOCK = threading.Lock()
 
 
 def in_launched_process() -> bool:
@@ -87,6 +93,8 @@ def launch(commands: Sequence[Command], log: Callable[[str, str], None]) -> list
             tail: deque = deque(maxlen=TAIL_LINES)
             pump = threading.Thread(target=_pump, args=(proc, command.name, tail, log), daemon=True)
             pump.start()
+            with _LIVE_LOCK:
+                _LIVE.add(proc)
             started.append((command, proc, tail, pump, time.perf_counter()))
         finished = []
         for command, proc, tail, pump, t0 in started:
@@ -95,12 +103,37 @@ def launch(commands: Sequence[Command], log: Callable[[str, str], None]) -> list
             finished.append(Finished(command.name, code, list(tail), time.perf_counter() - t0))
         return finished
     finally:
+        with _LIVE_LOCK:
+            _LIVE.difference_update(proc for _, proc, *_ in started)
         for _, proc, *_ in started:
             if proc.poll() is None:
                 _kill_group(proc)
                 proc.wait()
             else:  # the leader ended; whatever it left in its group goes too
                 _kill_group(proc)
+
+
+def stop_on_signals(signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> None:
+    """SIGINT and SIGTERM stop this process as Ctrl-C does, whatever handlers it inherited: every
+    child process group launch() is waiting on (in any thread: evaluation lanes) is killed, then
+    KeyboardInterrupt unwinds the main thread, so the flow ends and stops its Prefect server."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can only be set there; an embedding program keeps its own
+
+    def stop(signum: int, frame) -> None:
+        kill_launched()
+        raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+    for signum in signals:
+        signal.signal(signum, stop)
+
+
+def kill_launched() -> None:
+    """Kill the process group of every child launch() is waiting on."""
+    with _LIVE_LOCK:
+        live = list(_LIVE)
+    for proc in live:
+        _kill_group(proc)
 
 
 def exit_with_parent(poll_s: float = 0.5) -> None:
