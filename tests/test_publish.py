@@ -88,7 +88,8 @@ def test_each_round_pushes_one_commit_of_exactly_its_export_folder(tmp_path, mon
     # the latest model of each round goes to the model repo of the same id, without its marker
     model = hub.repo("model", "my-org/tops-nightly")
     assert [c["summary"] for c in model.commits] == [c["summary"] for c in dataset.commits]
-    assert model.files == {"config.json": b'{"round": 2}'}
+    assert model.files["config.json"] == b'{"round": 2}' and set(model.files) == {"config.json", "README.md"}
+    assert "# tops-nightly" in model.files["README.md"].decode()  # its model card (tests/test_model_card.py)
     # the export folders are internal to the run: a later export does not pick them up
     assert not any("exports" in p for p in _files(second.folder))
 

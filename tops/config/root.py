@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 
 from tops.config.base import Strict
 from tops.config.cluster import ClusterConfig
@@ -67,15 +67,21 @@ class FlowConfig(Strict):
 
 
 class ExportConfig(Strict):
-    """Publishing as the run's last stage. No token here: it comes from HF_TOKEN or `hf auth login`."""
+    """Publishing as the run's last stage: the datasets (with their card) to a Hub dataset repo, the
+    latest model (with its model card) to a model repo. No token here: it comes from HF_TOKEN or
+    `hf auth login`."""
 
-    repo_id: str | None = None  # ORG/NAME of the Hub dataset repo; None: no export stage
+    # ORG/NAME of the dataset repo (`repo_id` is its older name, still read); None: no datasets pushed.
+    dataset_repo_id: str | None = Field(None, validation_alias=AliasChoices("dataset_repo_id", "repo_id"))
+    # ORG/NAME of the model repo; None: no model pushed, unless `model: true` (then the dataset
+    # repo's id, as before the two were separate).
+    model_repo_id: str | None = None
     private: bool = True  # visibility of a newly created repo (an existing repo keeps its own)
     datasets: bool = True  # samples / sft / dpo / eval configs + dataset card with the rounds' history
-    model: bool = False  # also the latest model, to the model repo of the same id
-    license: str = Field("apache-2.0", min_length=1)
+    model: bool | None = None  # None: push the model when model_repo_id is set
+    license: str = Field("apache-2.0", min_length=1)  # the datasets'; a model card carries its base's
 
-    @field_validator("repo_id")
+    @field_validator("dataset_repo_id", "model_repo_id")
     @classmethod
     def _hub_repo_id(cls, repo_id: str | None) -> str | None:
         if repo_id is None:
@@ -89,9 +95,30 @@ class ExportConfig(Strict):
 
     @model_validator(mode="after")
     def _pushes_something(self) -> ExportConfig:
-        if self.repo_id and not (self.datasets or self.model):
-            raise ValueError("export.repo_id is set but neither datasets nor model is pushed")
+        if self.model is False and self.model_repo_id:
+            raise ValueError("export.model_repo_id is set but export.model is false")
+        if self.model and not self.model_repo:
+            raise ValueError("export.model is true but no repo is set (export.model_repo_id)")
+        if self.dataset_repo_id and not (self.datasets or self.model_repo):
+            raise ValueError("export.dataset_repo_id is set but neither datasets nor model is pushed")
         return self
+
+    @property
+    def repo_id(self) -> str | None:
+        """Set when the run has an export stage: the dataset repo, else the model repo."""
+        return self.dataset_repo if self.dataset_repo else self.model_repo
+
+    @property
+    def dataset_repo(self) -> str | None:
+        """Where the datasets go (None: they are not pushed)."""
+        return self.dataset_repo_id if self.datasets else None
+
+    @property
+    def model_repo(self) -> str | None:
+        """Where the latest model goes (None: it is not pushed)."""
+        if self.model is False:
+            return None
+        return self.model_repo_id or (self.dataset_repo_id if self.model else None)
 
 
 class TopsConfig(Strict):

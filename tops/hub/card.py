@@ -255,8 +255,10 @@ def _effort_prompts(dicts: dict[str, Any], config: dict) -> dict[str, str]:
 
 
 def dataset_card(plan: ExportPlan, dicts: dict[str, Any], facts: dict[str, dict], repo_id: str, *,
-                 license: str = DEFAULT_LICENSE, redact: Iterable[str] = (), history: str = "") -> str:
-    """README.md: YAML metadata (configs, dataset_info, license, task, tags, size) + description."""
+                 license: str = DEFAULT_LICENSE, redact: Iterable[str] = (), history: str = "",
+                 model_repo_id: str | None = None) -> str:
+    """README.md: YAML metadata (configs, dataset_info, license, task, tags, size) + description;
+    `model_repo_id`: the model trained on it, linked from the introduction."""
     from datasets import DatasetInfo, SplitDict, SplitInfo
     from datasets.info import DatasetInfosDict
     from datasets.utils.metadata import MetadataConfigs
@@ -288,6 +290,9 @@ def dataset_card(plan: ExportPlan, dicts: dict[str, Any], facts: dict[str, dict]
     manifests = _manifests(plan)
     config_path = plan.run_dir / "config.yaml"
     config_text = config_path.read_text(encoding="utf-8") if config_path.is_file() else None
+    if model_repo_id:  # the model repo's card lists this dataset in its metadata; this links back
+        history = (f"The model trained on this data: [`{model_repo_id}`](https://huggingface.co/{model_repo_id}).\n\n"
+                   + history)
     body = _card_body(plan, dicts, facts, repo_id, default, manifests, config_text, history)
     return f"---\n{card_data.to_yaml()}\n---\n\n{_scrub(body, redact)}"
 

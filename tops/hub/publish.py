@@ -2,11 +2,12 @@
 
 For round k it writes exactly what it pushes to `<run>/exports/round<k>/` (the folder `tops export
 --local-dir` writes: Parquet per config/split, the dataset card with the history of rounds, the
-rounds' plot), then pushes that folder to the dataset repo as one commit whose message names the
-round and its held-out accuracy and mean tokens; with `export.model` the round's latest model goes
-to the model repo of the same id in a commit with the same message. The token comes from HF_TOKEN
-or `hf auth login`, never from the config: without one the stage fails with one line, and every
-other artifact of the run is already written.
+rounds' plot), then pushes that folder to the dataset repo (export.dataset_repo_id) as one commit
+whose message names the round and its held-out accuracy and mean tokens. With a model repo
+(export.model_repo_id) the round's latest model goes there in a commit with the same message,
+with its model card (tops/hub/model_card.py), from `<run>/exports/round<k>-model/`; the two cards
+link each other. The token comes from HF_TOKEN or `hf auth login`, never from the config: without
+one the stage fails with one line, and every other artifact of the run is already written.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Published:
     commit_message: str
     dataset_url: str | None = None
     model_url: str | None = None
+    model_folder: Path | None = None  # ... and to the model repo (the model's files + its card)
 
 
 def commit_message(record) -> str:
@@ -43,27 +45,33 @@ def round_folder(run_dir: str | Path, number: int) -> Path:
 
 def export_round(run_dir: str | Path, export_cfg, record, *, hf_api: Any = None) -> Published:
     """Write round `record.number`'s export folder, then push it (and the model when configured)."""
+    from tops.hub.model_card import model_card, stage_model_folder
     from tops.rounds import resolve
 
     run_dir = Path(run_dir)
-    repo_id = export_cfg.repo_id
+    dataset_repo, model_repo = export_cfg.dataset_repo, export_cfg.model_repo
     message = commit_message(record)
-    folder = round_folder(run_dir, record.number) if export_cfg.datasets else None
+    if model_repo and not record.model:
+        raise UserError(f"export of round {record.number}: the round recorded no model to push")
+    folder = round_folder(run_dir, record.number) if dataset_repo else None
     if folder is not None:
-        export_run(run_dir, repo_id, private=export_cfg.private, local_dir=folder, license=export_cfg.license)
+        export_run(run_dir, dataset_repo, private=export_cfg.private, local_dir=folder, license=export_cfg.license,
+                   model_repo_id=model_repo)
+    model_folder = None
+    if model_repo:
+        model = resolve(run_dir, record.model)
+        card = model_card(run_dir, record, model, model_repo_id=model_repo, dataset_repo_id=dataset_repo)
+        model_folder = stage_model_folder(run_dir, record.number, model, card)
     token = _get_token()
     if not token:
-        kept = f"; what it would push is in {folder}" if folder is not None else ""
-        raise UserError(f"export of round {record.number} to {repo_id}: no Hugging Face token (set HF_TOKEN or "
-                        f"run `hf auth login`), nothing was uploaded{kept}")
-    published = Published(record.number, folder, message)
+        kept = " and ".join(str(f) for f in (folder, model_folder) if f is not None)
+        raise UserError(f"export of round {record.number} to {export_cfg.repo_id}: no Hugging Face token (set "
+                        f"HF_TOKEN or run `hf auth login`), nothing was uploaded; what it would push is in {kept}")
+    published = Published(record.number, folder, message, model_folder=model_folder)
     if folder is not None:
-        published.dataset_url = push_folder(folder, repo_id, token=token, private=export_cfg.private,
+        published.dataset_url = push_folder(folder, dataset_repo, token=token, private=export_cfg.private,
                                             hf_api=hf_api, commit_message=message)
-    if export_cfg.model:
-        if not record.model:
-            raise UserError(f"export of round {record.number}: the round recorded no model to push")
-        published.model_url = push_folder(resolve(run_dir, record.model), repo_id, token=token,
-                                          private=export_cfg.private, hf_api=hf_api, commit_message=message,
-                                          repo_type="model")
+    if model_folder is not None:
+        published.model_url = push_folder(model_folder, model_repo, token=token, private=export_cfg.private,
+                                          hf_api=hf_api, commit_message=message, repo_type="model")
     return published

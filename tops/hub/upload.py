@@ -45,7 +45,7 @@ class ExportResult:
 
 def build_export(plan: ExportPlan, folder: str | Path, repo_id: str, *,
                  license: str = DEFAULT_LICENSE, redact: Iterable[str] = (),
-                 max_shard_bytes: int = MAX_SHARD_BYTES) -> list[tuple[str, int]]:
+                 max_shard_bytes: int = MAX_SHARD_BYTES, model_repo_id: str | None = None) -> list[tuple[str, int]]:
     """Write the repo's files (Parquet shards + README.md, and the rounds' plot when the run has
     rounds) into `folder`; list (path, bytes)."""
     from tops.rounds import history_section
@@ -54,7 +54,8 @@ def build_export(plan: ExportPlan, folder: str | Path, repo_id: str, *,
     dicts = load_datasets(plan)
     facts = write_parquet(dicts, folder, max_shard_bytes)
     history = history_section(plan.run_dir, folder / ROUNDS_PLOT, ROUNDS_PLOT)
-    card = dataset_card(plan, dicts, facts, repo_id, license=license, redact=redact, history=history)
+    card = dataset_card(plan, dicts, facts, repo_id, license=license, redact=redact, history=history,
+                        model_repo_id=model_repo_id)
     (folder / "README.md").write_text(card, encoding="utf-8")
     return list_files(folder)
 
@@ -138,7 +139,7 @@ def export_run(run: str | Path, repo_id: str, *, private: bool = True,
                local_dir: str | Path | None = None, dry_run: bool = False,
                license: str = DEFAULT_LICENSE, root: str | Path | None = None,
                hf_api: Callable[..., Any] | None = None,
-               max_shard_bytes: int = MAX_SHARD_BYTES) -> ExportResult:
+               max_shard_bytes: int = MAX_SHARD_BYTES, model_repo_id: str | None = None) -> ExportResult:
     """Export a run: list (`dry_run`), write to `local_dir`, or push to `repo_id` on the Hub.
 
     Everything is checked before anything is written; on error nothing is left behind.
@@ -167,7 +168,7 @@ def export_run(run: str | Path, repo_id: str, *, private: bool = True,
         tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
         try:
             result.files = build_export(plan, tmp, repo_id, license=license,
-                                        max_shard_bytes=max_shard_bytes)
+                                        max_shard_bytes=max_shard_bytes, model_repo_id=model_repo_id)
             _install(tmp, dest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -175,7 +176,7 @@ def export_run(run: str | Path, repo_id: str, *, private: bool = True,
         with tempfile.TemporaryDirectory(prefix="tops-export-") as tmp:
             result.files = build_export(plan, tmp, repo_id, license=license,
                                         redact=[token] if token else (),
-                                        max_shard_bytes=max_shard_bytes)
+                                        max_shard_bytes=max_shard_bytes, model_repo_id=model_repo_id)
             if token is not None:
                 result.url = push_folder(tmp, repo_id, token=token, private=private, hf_api=hf_api,
                                          commit_message=f"Export TOPS run {run_dir.resolve().name}")
