@@ -26,6 +26,8 @@ from tops.hub.collect import (
     resolve_run_dir,
     write_parquet,
 )
+from tops.hub.deadline import DEFAULT_TIMEOUT_S, HubTimeout
+from tops.hub.deadline import install as install_deadline
 
 ROUNDS_PLOT = layout.ROUNDS_PLOT  # accuracy and mean tokens per round, shown in the card
 
@@ -97,17 +99,20 @@ def _install(tmp: Path, dest: Path) -> None:
 
 def push_folder(folder: str | Path, repo_id: str, *, token: str, private: bool = True,
                 hf_api: Callable[..., Any] | None = None, commit_message: str | None = None,
-                repo_type: str = "dataset") -> str:
+                repo_type: str = "dataset", timeout_s: float = DEFAULT_TIMEOUT_S) -> str:
     """Create the repo (private unless told otherwise) and upload `folder` in one commit.
 
     A dataset export's files under data/ that this export does not contain are deleted in the same
     commit, so an earlier export's shards cannot linger next to the new ones; a model folder goes up
     without its completion marker and trainer checkpoints. An existing repo keeps its visibility.
     The Hub is HF_ENDPOINT's when set (read now, not at import). Never prints or returns the token.
+    Every Hub request has `timeout_s` in all (tops/hub/deadline.py): a Hub that does not answer
+    fails the push with one line instead of holding it.
     """
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
+    install_deadline(timeout_s)
     api = hf_api(token=token) if hf_api else HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
     files = ({"delete_patterns": ["data/**"]} if repo_type == "dataset"
              else {"ignore_patterns": [".tops-complete", "checkpoint-*", "checkpoint-*/**"]})
@@ -122,6 +127,8 @@ def push_folder(folder: str | Path, repo_id: str, *, token: str, private: bool =
             raise UserError(f"{repo_id}: the Hub refused the token (HTTP {status}); check that it "
                             f"has write access ({reason})") from None
         raise RuntimeError(f"{repo_id}: upload failed: {reason}") from None
+    except HubTimeout as exc:
+        raise HubTimeout(f"{repo_id}: upload failed: {exc}; nothing more was sent") from None
     prefix = "datasets/" if repo_type == "dataset" else ""
     return str(getattr(repo, "url", None) or f"https://huggingface.co/{prefix}{repo_id}")
 
@@ -139,7 +146,8 @@ def export_run(run: str | Path, repo_id: str, *, private: bool = True,
                local_dir: str | Path | None = None, dry_run: bool = False,
                license: str = DEFAULT_LICENSE, root: str | Path | None = None,
                hf_api: Callable[..., Any] | None = None,
-               max_shard_bytes: int = MAX_SHARD_BYTES, model_repo_id: str | None = None) -> ExportResult:
+               max_shard_bytes: int = MAX_SHARD_BYTES, model_repo_id: str | None = None,
+               timeout_s: float = DEFAULT_TIMEOUT_S) -> ExportResult:
     """Export a run: list (`dry_run`), write to `local_dir`, or push to `repo_id` on the Hub.
 
     Everything is checked before anything is written; on error nothing is left behind.
@@ -179,7 +187,8 @@ def export_run(run: str | Path, repo_id: str, *, private: bool = True,
                                         max_shard_bytes=max_shard_bytes, model_repo_id=model_repo_id)
             if token is not None:
                 result.url = push_folder(tmp, repo_id, token=token, private=private, hf_api=hf_api,
-                                         commit_message=f"Export TOPS run {run_dir.resolve().name}")
+                                         commit_message=f"Export TOPS run {run_dir.resolve().name}",
+                                         timeout_s=timeout_s)
     for config, splits in plan.configs.items():
         for split, art in splits.items():
             result.rows[config][split] = pq.read_metadata(art.path).num_rows
