@@ -104,6 +104,9 @@ def write_report(run_dir: Path, evals: pd.DataFrame, selected: pd.DataFrame | No
     parts += [f"![accuracy vs tokens]({ACCURACY_PLOT})", ""]
     plot_budget_accuracy(evals, run_dir / BUDGET_PLOT, budgets)
     parts += [f"![accuracy within a token budget]({BUDGET_PLOT})", ""]
+    from tops.train.grpo_report import report_section  # GRPO models: tokens and accuracy per training step
+
+    parts += report_section(run_dir, model_order)
     if selected is not None and "policy" in selected.columns:
         selected = selected[selected["policy"] != "seed-low"]  # appended seed rows were not chosen
     checks = shape_checks(evals, selected, difficulty_order)

@@ -52,9 +52,9 @@ from tops.train.common import (
     uses_cpu,
 )
 from tops.train.examples import chat_messages, system_prompt_for
+from tops.train.grpo_report import PLOT, plot_training, step_table
 from tops.train.kernels import LONG_SEQUENCE_TOKENS, has_module, resolve_setup
 
-PLOT = "grpo.png"
 TARGETS_FILE = "laser_targets.json"  # the monitor's history, so a resumed run keeps it
 
 
@@ -395,49 +395,3 @@ def _train_grpo(problems, base_model, out_dir: Path, cfg, prompts, grpo, verify,
         plot_training(summary, out_dir / PLOT, title=out_dir.name)
     summary["paths"]["grpo_png"] = str(out_dir / PLOT)
     return finish(trainer, out_dir, summary, keep_checkpoints=cfg.keep_checkpoints)
-
-
-STEP_COLUMNS = ("step", "loss", "reward", "completions/mean_length", "laser/accuracy", "laser/no_answer",
-                *(f"reward_kind/{k}" for k in KINDS), *(f"laser/target_{b}" for b in ("easy", "medium", "hard")))
-
-
-def step_table(log_history: list[dict]) -> pd.DataFrame:
-    """One row per logged training step with the columns the summary and the plot read."""
-    rows = [{k: entry[k] for k in STEP_COLUMNS if k in entry} for entry in log_history
-            if "completions/mean_length" in entry and "step" in entry]
-    return pd.DataFrame(rows, columns=[c for c in STEP_COLUMNS if any(c in r for r in rows)] or ["step"])
-
-
-def plot_training(summary: dict, path: Path, title: str = "") -> Path | None:
-    """Mean rollout tokens and rollout accuracy over the training steps (LASER-D's targets as
-    dashed lines on the tokens); None when the run logged no step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = pd.DataFrame(summary.get("step_log") or [])
-    if steps.empty or "completions/mean_length" not in steps:
-        return None
-    fig, (tokens, accuracy) = plt.subplots(1, 2, figsize=(10, 3.5))
-    tokens.plot(steps["step"], steps["completions/mean_length"], marker="o", markersize=3, label="mean tokens")
-    for bucket, style in (("easy", ":"), ("medium", "--"), ("hard", "-.")):
-        column = f"laser/target_{bucket}"
-        if column in steps:
-            tokens.plot(steps["step"], steps[column], linestyle=style, label=f"target {bucket}")
-    tokens.set_xlabel("step")
-    tokens.set_ylabel("tokens per rollout")
-    tokens.legend(fontsize=7)
-    if "laser/accuracy" in steps:
-        accuracy.plot(steps["step"], steps["laser/accuracy"], marker="o", markersize=3, color="tab:green")
-    accuracy.set_xlabel("step")
-    accuracy.set_ylabel("rollout accuracy")
-    accuracy.set_ylim(0, 1)
-    for ax in (tokens, accuracy):
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"{title} ({summary.get('reward')})".strip())
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

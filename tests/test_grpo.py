@@ -1,0 +1,112 @@
+"""GRPO with LASER rewards on the tiny model, CPU only: a real run changes the weights and writes
+the summary; two processes hold the same targets and see whole groups; the flow's
+`iter_method: grpo` end to end on the smoke profile."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tops.config import GrpoConfig, TrainConfig, VerifyConfig
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPTS = {"none": "Solve.", "low": "Effort: low.", "medium": "Effort: medium.", "high": "Effort: high."}
+
+pytestmark = pytest.mark.slow
+
+
+def arith_rows(n: int = 16) -> pd.DataFrame:
+    rows = []
+    for i in range(n):
+        a, b = i % 5, (i * 3) % 5
+        rows.append({"problem_id": f"p{i}", "question": f"What is {a} + {b}?", "answer": str(a + b),
+                     "difficulty": None, "effort": "none",
+                     "response": f"{a} + {b} = {a + b}. The answer is \\boxed{{{a + b}}}."})
+    return pd.DataFrame(rows)
+
+
+def problems_frame(n: int = 16) -> pd.DataFrame:
+    return arith_rows(n)[["problem_id", "question", "answer", "difficulty"]]
+
+
+@pytest.fixture(scope="module")
+def format_model(tiny_model_dir, tmp_path_factory):
+    """The tiny model after a short SFT on boxed answers: a random model never answers, so every
+    reward would be -1 and GRPO would have no signal to follow."""
+    import torch
+
+    from tops.train import train_sft
+
+    out = tmp_path_factory.mktemp("grpo") / "format"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_sft(arith_rows(), tiny_model_dir, out,
+                  TrainConfig(system_prompt="none", learning_rate=3e-3, epochs=15, batch_size=8, max_length=128,
+                              logging_steps=50, warmup_ratio=0.0, lr_scheduler="constant", lora={"enabled": False}),
+                  PROMPTS, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def grpo_cfg(**overrides) -> GrpoConfig:
+    base = {"reward": "laser-d", "num_generations": 4, "prompts_per_step": 2, "max_completion_length": 24,
+            "target_lower": 8, "target_interval": 8, "monitor_every": 2, "monitor_problems": 4,
+            "learning_rate": 1e-3, "temperature": 1.0}
+    return GrpoConfig(**{**base, **overrides})
+
+
+TRAIN = {"system_prompt": "none", "epochs": 1, "batch_size": 4, "max_steps": 3, "lora": {"enabled": False},
+         "save_steps": 100, "warmup_ratio": 0.0, "lr_scheduler": "constant"}
+
+
+def weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_grpo_run_changes_weights_and_writes_summary(format_model, tmp_path):
+    import torch
+
+    from tops.train.grpo import train_grpo
+
+    out = tmp_path / "laser-d"
+    torch.set_num_threads(1)
+    summary = train_grpo(problems_frame(), format_model, out, TrainConfig(**TRAIN), PROMPTS, grpo=grpo_cfg(),
+                         verify=VerifyConfig(workers=1), progress=False)
+    before, after = weights(format_model), weights(out)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert summary["kind"] == "grpo" and summary["steps"] == 3 and summary["reward"] == "laser-d"
+    # the monitor ran before the first step and again at step 2, with 4 problems x 4 rollouts
+    assert [t["step"] for t in summary["targets"]] == [0, 2]
+    assert all(t["monitor_rollouts"] == 16 and t["easy"] in (8, 16, 24) for t in summary["targets"])
+    assert set(summary["reward_means"]) == {"accuracy", "laser", "laser-d", "laser-de"}
+    assert len(summary["tokens_per_step"]) == 3 and all(0 < t <= 24 for t in summary["tokens_per_step"])
+    assert len(summary["accuracy_per_step"]) == 3
+    assert summary["group_sizes_by_process"] == [[4]]  # the reward saw every group whole
+    assert summary["rollout_tokens"] == pytest.approx(sum(summary["tokens_per_step"]) * 8, abs=1)
+    on_disk = json.loads((out / "train_summary.json").read_text())
+    assert on_disk["targets"] == summary["targets"]
+    assert (out / "grpo.png").exists() and (out / ".tops-complete").exists()
+    # a rerun returns the finished folder instead of training again
+    again = train_grpo(problems_frame(), format_model, out, TrainConfig(**TRAIN), PROMPTS, grpo=grpo_cfg(),
+                       verify=VerifyConfig(workers=1), progress=False)
+    assert again["train_seconds"] == summary["train_seconds"]
+
+
+def test_batch_that_splits_groups_is_refused(format_model, tmp_path):
+    from tops.errors import UserError
+    from tops.train.grpo import train_grpo
+
+    with pytest.raises(UserError, match="prompts_per_step x num_generations"):
+        train_grpo(problems_frame(), format_model, tmp_path / "x", TrainConfig(**{**TRAIN, "batch_size": 3}),
+                   PROMPTS, grpo=grpo_cfg(), verify=VerifyConfig(workers=1), progress=False)
+    assert not (tmp_path / "x" / "model.safetensors").exists()
