@@ -10,31 +10,36 @@ huggingface_hub does not retry (its backoff retries httpx errors only).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
+from collections.abc import Iterator
 
 from tops.errors import ServiceError
 
 DEFAULT_TIMEOUT_S = 600.0  # one Hub request, a large file's upload included
 
 _LOCK = threading.Lock()
-_INSTALLED: list[float] = []  # the timeout of the client factory we installed, if any
 
 
 class HubTimeout(ServiceError):
     """A Hub request ran past its deadline (exit 1 with one line: not the input's fault)."""
 
 
-def install(timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-    """Make huggingface_hub's shared client enforce `timeout_s` per request (idempotent)."""
-    with _LOCK:
-        if _INSTALLED == [timeout_s]:
-            return
-        from huggingface_hub import set_client_factory
+@contextlib.contextmanager
+def deadline(timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[None]:
+    """huggingface_hub's shared client enforces `timeout_s` per request inside this block; its
+    default client (model downloads elsewhere in the process) is back after it."""
+    from huggingface_hub import set_client_factory
+    from huggingface_hub.utils._http import default_client_factory
 
+    with _LOCK:  # one push at a time holds the factory
         set_client_factory(lambda: _client(timeout_s))
-        _INSTALLED[:] = [timeout_s]
+        try:
+            yield
+        finally:
+            set_client_factory(default_client_factory)
 
 
 def _client(timeout_s: float):

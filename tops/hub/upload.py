@@ -26,8 +26,7 @@ from tops.hub.collect import (
     resolve_run_dir,
     write_parquet,
 )
-from tops.hub.deadline import DEFAULT_TIMEOUT_S, HubTimeout
-from tops.hub.deadline import install as install_deadline
+from tops.hub.deadline import DEFAULT_TIMEOUT_S, HubTimeout, deadline
 
 ROUNDS_PLOT = layout.ROUNDS_PLOT  # accuracy and mean tokens per round, shown in the card
 
@@ -112,14 +111,14 @@ def push_folder(folder: str | Path, repo_id: str, *, token: str, private: bool =
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    install_deadline(timeout_s)
     api = hf_api(token=token) if hf_api else HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
     files = ({"delete_patterns": ["data/**"]} if repo_type == "dataset"
              else {"ignore_patterns": [".tops-complete", "checkpoint-*", "checkpoint-*/**"]})
     try:
-        repo = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
-        api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type=repo_type,
-                          commit_message=commit_message or "Export TOPS run datasets", **files)
+        with deadline(timeout_s):
+            repo = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+            api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type=repo_type,
+                              commit_message=commit_message or "Export TOPS run datasets", **files)
     except HfHubHTTPError as exc:
         status = getattr(exc.response, "status_code", None)
         reason = _scrub(str(exc).split("\n")[0], [token])
