@@ -330,7 +330,10 @@ def test_ray_runner_maps_generation_shards(harness, tmp_path, tiny_model_dir):
     from prefect import flow
 
     from tops.flow.stage_loop import Loop
-    from tops.flow.pipeline import _problems, _sample, evaluate_all, task_runner_for
+    from tops.flow.pipeline import task_runner_for
+    from tops.flow.steps import evaluate_all
+    from tops.flow.steps import problems as _problems
+    from tops.flow.steps import sample as _sample
     from tops.gpus import usable_cpus
 
     cfg = load_config(SMOKE, _overrides(tmp_path, tiny_model_dir, "flow.runner=ray", "flow.generate_shards=2",
@@ -370,7 +373,7 @@ def test_a_child_stages_input_error_names_the_stage(harness, tmp_path, tiny_mode
 
     from tops.errors import UserError
     from tops.flow.stage_loop import Loop
-    from tops.flow.pipeline import _problems
+    from tops.flow.steps import problems as _problems
 
     cfg = load_config(SMOKE, _overrides(tmp_path, tiny_model_dir))
 
@@ -404,8 +407,7 @@ def test_iter_dpo_stage_trains_from_pairs(first_run, run_root, tiny_model_dir):
     from prefect import flow
 
     from tops.flow.stage_loop import Loop
-    from tops.flow.pipeline import _train
-    from tops.flow.tasks import pairs_task
+    from tops.flow.steps import train as _train
 
     cfg = load_config(SMOKE, _module_overrides(run_root, tiny_model_dir, "flow.iter_method=dpo"))
     run_dir = Path(first_run[0]["run_dir"])
@@ -414,7 +416,7 @@ def test_iter_dpo_stage_trains_from_pairs(first_run, run_root, tiny_model_dir):
     @flow
     def dpo_only():
         loop = Loop(cfg)
-        pairs = loop.call(pairs_task, "pairs-check", {}, {"verified": verified}, cfg=cfg, verified=verified)
+        pairs = loop.light("pairs", "pairs-check", {"verified": verified})
         return pairs, _train(loop, "iter_dpo", "dpo", pairs, "pairs", str(run_dir / "models" / "tops"),
                              label="dpo-check")
 
@@ -432,7 +434,7 @@ def test_train_task_keeps_dill_global_detection(harness):
     import dill.detect
     from prefect import flow, task
 
-    from tops.flow.tasks import train_task
+    from tops.flow.tasks import heavy_task as train_task
 
     def uses_len(x):
         return len(x)

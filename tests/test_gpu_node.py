@@ -55,14 +55,14 @@ def test_conflicting_train_counts_are_refused():
 
 
 def test_the_flow_will_not_run_short_of_problems(tmp_path):
-    from tops.flow.tasks import problems_task
+    from tops.flow.tasks import light_task
 
     path = tmp_path / "train.jsonl"
     _write_gsm8k(path, _gsm8k_rows(5, seed=0))
     cfg = load_config(None, [f"problems.source={{kind: file, path: {path}, answer_format: gsm8k}}"])
     with pytest.raises(UserError, match="8 problems asked, the source has only 5"):
-        problems_task.fn(cfg, key="k", out=str(tmp_path / "p.parquet"), run_dir=str(tmp_path), n=8, seed=0,
-                         exclude=[])
+        light_task.fn(cfg, key="k", out=str(tmp_path / "p.parquet"), run_dir=str(tmp_path), stage="problems",
+                      files={}, params={"n": 8, "seed": 0, "heldout": False}, options={"exact": True})
     assert not (tmp_path / "p.parquet").exists()
 
 

@@ -147,33 +147,39 @@ def mask(in_path: InOpt, config: ConfigOpt = None, sets: SetOpt = None, out: Out
     typer.echo(str(path))
 
 
-@train_app.command("sft")
-def train_sft_cmd(data: Annotated[Path, typer.Option(help="selected/masked/seed artifact (question, response, effort).")],
-                  out: Annotated[Path, typer.Option(help="Output model folder.")],
-                  base: Annotated[str | None, typer.Option(help="Base model (default: model.base).")] = None,
-                  config: ConfigOpt = None, sets: SetOpt = None,
-                  kind: Annotated[str, typer.Option(help="Artifact kind of --data: selected | masked | samples.")] = "masked"):
-    """SFT with TRL: loss on assistant tokens minus erroneous-step spans; LoRA merged on save."""
-    from tops.stages import run_train
+def _train_command(method: str) -> None:
+    """`tops train <method>` for each training method of tops.stages.catalog.TRAIN_METHODS."""
+    from tops.stages.catalog import TRAIN_METHODS
 
-    if kind not in ("selected", "masked", "samples"):
-        raise UserError(f"--kind {kind!r}: expected selected, masked or samples")
-    summary = run_train(_config(config, sets), "sft", data, kind, out, base=base, argv=sys.argv[1:])
-    if summary is not None:
-        typer.echo(f"{out}: loss {summary.get('final_loss')}")
+    spec = TRAIN_METHODS[method]
+    kinds = " | ".join(spec.kinds)
+
+    def command(data, out, base=None, config=None, sets=None, kind=spec.kinds[0]):
+        from tops.stages import run_train
+
+        summary = run_train(_config(config, sets), method, data, kind, out, base=base, argv=sys.argv[1:])
+        if summary is not None:
+            typer.echo(f"{out}: loss {summary.get('final_loss')}")
+
+    # set here, not written in the signature: this module's annotations are strings, read in its globals
+    command.__annotations__ = {
+        "data": Annotated[Path, typer.Option(spec.data_option, help=f"{kinds} artifact.")],
+        "out": Annotated[Path, typer.Option(help="Output model folder.")],
+        "base": Annotated[str | None, typer.Option(help="Base model (default: model.base).")],
+        "config": ConfigOpt, "sets": SetOpt,
+        "kind": Annotated[str, typer.Option(help=f"Artifact kind of {spec.data_option}: {kinds}.")]}
+    command.__doc__ = spec.help
+    train_app.command(method)(command)
 
 
-@train_app.command("dpo")
-def train_dpo_cmd(pairs_path: Annotated[Path, typer.Option("--pairs", help="pairs artifact.")],
-                  out: Annotated[Path, typer.Option(help="Output model folder.")],
-                  base: Annotated[str | None, typer.Option(help="Base model (default: model.base).")] = None,
-                  config: ConfigOpt = None, sets: SetOpt = None):
-    """DPO with TRL on shortest-correct vs incorrect pairs."""
-    from tops.stages import run_train
+def _train_commands() -> None:
+    from tops.stages.catalog import TRAIN_METHODS
 
-    summary = run_train(_config(config, sets), "dpo", pairs_path, "pairs", out, base=base, argv=sys.argv[1:])
-    if summary is not None:
-        typer.echo(f"{out}: loss {summary.get('final_loss')}")
+    for method in TRAIN_METHODS:
+        _train_command(method)
+
+
+_train_commands()
 
 
 @app.command("eval")
@@ -308,12 +314,14 @@ def export(run: Annotated[str, typer.Option("--run", help="Run folder, or a run 
            private: Annotated[bool, typer.Option("--private/--public", help="Visibility of a newly created repo.")] = True,
            local_dir: Annotated[Path | None, typer.Option("--local-dir", help="Write the files that would be uploaded here instead.")] = None,
            dry_run: Annotated[bool, typer.Option("--dry-run", help="List the files and sizes; write and upload nothing.")] = False,
-           license_id: Annotated[str, typer.Option("--license", help="License id for the dataset card.")] = "apache-2.0"):
+           license_id: Annotated[str, typer.Option("--license", help="License id for the dataset card.")] = "apache-2.0",
+           timeout_s: Annotated[float, typer.Option("--timeout-s", min=1, max=86400,
+                                                    help="Deadline of each Hub request, its upload included.")] = 600.0):
     """Export a run's datasets (samples, sft, dpo, eval configs + dataset card) to the Hugging Face Hub."""
     from tops.hub import export_run, format_result
 
     result = export_run(run, repo_id, private=private, local_dir=local_dir, dry_run=dry_run,
-                        license=license_id)
+                        license=license_id, timeout_s=timeout_s)
     typer.echo(format_result(result))
 
 

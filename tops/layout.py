@@ -39,6 +39,7 @@ VERIFIED = "verified.parquet"
 SELECTED = "selected.parquet"
 MASKED = "masked.parquet"
 MASKED_RANDOM = "masked_random.parquet"
+PAIRS = "pairs.parquet"
 STAGES = "stages"
 CACHE = ".cache"
 MANIFEST = "manifest.json"
@@ -48,6 +49,8 @@ ROUNDS_LEDGER = "rounds/problems.parquet"
 ROUNDS_PLOT = "rounds.png"
 EXPORTS = "exports"
 LOGS = "logs"  # `tensorboard --logdir <run>/logs`
+# Inside a trained model's folder (tops/train/common.py writes it).
+TRAIN_SUMMARY = "train_summary.json"
 
 
 def default_label(model: str | Path) -> str:

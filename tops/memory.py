@@ -347,11 +347,7 @@ def estimate_line(cfg, stage: str, *, train: bool = False, method: str = "sft", 
 
 def _local_model(name: str) -> str:
     """Aliases to their folder without building or converting anything (a plan loads nothing)."""
-    from tops.models import DEFAULT_MODEL, TINY_MODEL, models_dir
+    from tops.models import alias_folder
 
-    key = name.strip().lower()
-    if key in (DEFAULT_MODEL, "default", "smollm2"):
-        return str(models_dir() / "SmolLM2-135M-Instruct")
-    if key == TINY_MODEL:
-        return str(models_dir() / "tiny")
-    return name
+    folder = alias_folder(name)
+    return str(folder) if folder is not None else name

@@ -26,6 +26,18 @@ def models_dir() -> Path:
     return Path(os.environ.get("TOPS_MODELS_DIR", "data/models"))
 
 
+# Alias -> the folder under models_dir() it is prepared into (the one alias table).
+ALIASES = {DEFAULT_MODEL: "SmolLM2-135M-Instruct", "default": "SmolLM2-135M-Instruct",
+           "smollm2": "SmolLM2-135M-Instruct", TINY_MODEL: "tiny"}
+
+
+def alias_folder(name: str) -> Path | None:
+    """The folder an alias is prepared into, without preparing it (a plan builds nothing); None
+    for a name that is not an alias."""
+    folder = ALIASES.get(name.strip().lower())
+    return models_dir() / folder if folder else None
+
+
 def is_complete(folder: Path) -> bool:
     return (folder / COMPLETE_MARKER).exists() and (folder / "config.json").exists()
 
@@ -49,7 +61,7 @@ def prepare_default_model(out_dir: Path | None = None, force: bool = False) -> P
     transformers dequantizes GGUF on load but refuses to save a model that still carries the
     GGUF quantization config, so the weights are moved into a model built from a clean config.
     """
-    out_dir = out_dir or models_dir() / "SmolLM2-135M-Instruct"
+    out_dir = out_dir or alias_folder(DEFAULT_MODEL)
     if is_complete(out_dir) and not force:
         return out_dir
     import torch
@@ -91,12 +103,13 @@ def resolve_model(name: str) -> str:
     UserError. Hub ids are passed through (they load where a hub is reachable).
     """
     key = name.strip()
-    if key.lower() in (DEFAULT_MODEL, "default", "smollm2"):
-        return str(prepare_default_model())
-    if key.lower() == TINY_MODEL:
+    folder = alias_folder(key)
+    if folder is not None and ALIASES[key.lower()] == ALIASES[TINY_MODEL]:
         from tops.tiny import build_tiny_model
 
-        return str(build_tiny_model(models_dir() / "tiny"))
+        return str(build_tiny_model(folder))
+    if folder is not None:
+        return str(prepare_default_model(folder))
     path = Path(key).expanduser()
     if path.exists():
         if not (path / "config.json").exists():

@@ -22,6 +22,7 @@ from tops import rounds, tracking
 from tops.artifacts import read_artifact, write_artifact
 from tops.errors import UserError
 from tops.flow.stage_loop import PlanStep
+from tops.flow.steps import evaluate, iterate, logger, report
 
 ROUNDS_PLOT = names.ROUNDS_PLOT
 
@@ -35,11 +36,9 @@ def record_first_round(loop, problems: dict[str, str], base: str) -> None:
 
 def nothing_new(loop, plan: rounds.RoundPlan) -> dict:
     """A round with nothing to learn from says so and writes nothing."""
-    from tops.flow.pipeline import _logger
-
     message = (f"round {plan.number}: nothing new to learn from ({plan.nothing_new}); "
                "the run folder was left unchanged")
-    _logger(loop).warning(message)
+    logger(loop).warning(message)
     return {"run_dir": str(loop.dir), "round": plan.number, "nothing_new": message,
             "report": str(loop.layout.report), "lineage": {}, "stage_minutes": 0.0, "stages": 0,
             "stages_reused": 0}
@@ -48,22 +47,18 @@ def nothing_new(loop, plan: rounds.RoundPlan) -> dict:
 def continue_round(loop, plan: rounds.RoundPlan) -> dict:
     """Round k+1: one more iteration from round k's recorded latest model, evaluated on round 1's set.
     A dry run (`loop.planning`) lists its stages and records nothing."""
-    from tops.flow.pipeline import _logger, _report, evaluate, iterate
-
     cfg = loop.cfg
     problems = (loop.layout.published(names.problems(plan.label)) if loop.planning
                 else rounds.start_round(loop.dir, plan, cfg.flow.iter_method))
     start = rounds.resolve(loop.dir, plan.parent.model)
-    _logger(loop).info(f"round {plan.number}{' (resumed)' if plan.resumed else ''}: {plan.label} from round "
+    logger(loop).info(f"round {plan.number}{' (resumed)' if plan.resumed else ''}: {plan.label} from round "
                        f"{plan.parent.number}'s model {start} on {len(plan.problems)} problems")
     loop.lineage[names.problems(plan.label)] = str(problems)
     latest = iterate(loop, plan.iteration, str(start), plan.parent.model_label, str(problems))
     eval_problems = str(rounds.eval_problems(loop.dir))
     new_eval = evaluate(loop, plan.label, latest, ["none"], eval_problems)
     if loop.planning:
-        if cfg.export.repo_id:
-            loop.plan.append(PlanStep(f"export-round{plan.number}", {}, str(loop.dir / names.export_round(plan.number)),
-                                      False))
+        plan_export(loop, plan.number)
         return {"run_dir": str(loop.dir), "plan": loop.plan}
     new_evals = read_artifact(new_eval, "eval")
     earlier = read_artifact(loop.layout.eval, "eval")
@@ -73,12 +68,12 @@ def continue_round(loop, plan: rounds.RoundPlan) -> dict:
     record = rounds.finish_round(loop.dir, plan.number, latest, evals, notes=loop.notes)
     used = [str(rounds.resolve(loop.dir, path)) for r in rounds.load_rounds(loop.dir)
             for role, path in r.problems.items() if role != "eval"]
-    report = _report(loop, evals, list(dict.fromkeys(evals["model"])), str(loop.layout.published(names.SELECTED)),
+    report_path = report(loop, evals, list(dict.fromkeys(evals["model"])), str(loop.layout.published(names.SELECTED)),
                      eval_problems, used)
     lineage_file = loop.layout.lineage
     lineage = {**(json.loads(lineage_file.read_text()) if lineage_file.exists() else {}), **loop.lineage}
     lineage_file.write_text(json.dumps(lineage, indent=2))
-    return finish(loop, record, report, lineage)
+    return finish(loop, record, report_path, lineage)
 
 
 def finish_first_round(loop, latest: str, evals: pd.DataFrame, report: Path) -> dict:
@@ -105,6 +100,12 @@ def finish(loop, record: rounds.Round, report: Path, lineage: dict) -> dict:
     if failure:
         result["export_error"] = failure
     return result
+
+
+def plan_export(loop, number: int) -> None:
+    """A dry run's last step: the export stage, when export.repo_id is set."""
+    if loop.cfg.export.repo_id:
+        loop.plan.append(PlanStep(f"export-round{number}", {}, str(loop.dir / names.export_round(number)), False))
 
 
 @task(name="export", cache_policy=NO_CACHE, retries=0)

@@ -20,11 +20,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tops.config import EngineConfig, TopsConfig
+from tops.config import TopsConfig
 from tops.errors import UserError
 from tops.flow.cache import is_complete, stage_key
-from tops.flow.tasks import StageFailed, child_command, child_task, sharded_task, train_task
+from tops.flow.tasks import (
+    Sharded,
+    StageFailed,
+    child_command,
+    heavy_task,
+    light_task,
+    merge_task,
+    ray_resources,
+)
 from tops.layout import RunLayout
+from tops.stages import stage as describe
 
 PENDING = "TBD"  # a plan's key for an output whose inputs are not made yet
 
@@ -53,18 +62,6 @@ def visible_gpus() -> int:
     return len(gpu_ids())
 
 
-@dataclass(frozen=True)
-class Sharded:
-    """A sampling stage the node's engine groups split (tops.gpus): its artifact kind, the problems
-    it splits, the engine it runs and the model whose shape sizes its memory."""
-
-    kind: str
-    problems: str
-    engine: EngineConfig
-    model: str
-    every_problem: bool = True  # False: a problem may have no row (seed data keeps those passing its rules)
-
-
 @contextmanager
 def failures_named(stage: str):
     """A stage's error names the stage: an input error stays a UserError (exit 2), anything else
@@ -79,14 +76,21 @@ def failures_named(stage: str):
 
 @dataclass
 class ChildStage:
-    """One heavy stage as Loop.child takes it, for stages run side by side (Loop.children_in_lanes)."""
+    """One heavy stage of the loop: its description (`stage`, tops.stages.catalog), the name of its
+    task and output, its inputs, its `tops` arguments, the config it runs with and its parameters;
+    its cache key and manifest `config` are the description's (`section`)."""
 
+    stage: str
     name: str
-    section: dict
     inputs: dict[str, str]
     args: list[str]
     cfg: TopsConfig
-    sharded: Sharded
+    sharded: Sharded | None = None
+    params: dict = field(default_factory=dict)
+
+    @property
+    def section(self) -> dict:
+        return describe(self.stage).config(self.cfg, self.params)
 
 
 class Loop:
@@ -163,23 +167,59 @@ class Loop:
             return self.timed(name, [out], lambda: self.task(fn, name)(key=key, out=str(out), run_dir=str(self.dir),
                                                                  **params))
 
+    def light(self, stage: str, name: str, inputs: dict[str, str | None], cfg: TopsConfig | None = None,
+              params: dict | None = None, **options: Any) -> str:
+        """A light stage (tops.stages.catalog) in the flow's process; its key is its description's
+        config with `params`; `options` go to the runner only (how it runs, not what it makes)."""
+        cfg = cfg or self.cfg
+        inputs = {k: p for k, p in inputs.items() if p is not None}
+        return self.call(light_task, name, describe(stage).config(cfg, params), inputs, cfg=cfg, stage=stage,
+                         files=inputs, params=params, options=options)
+
+    def heavy(self, stage: ChildStage, spread: int = 1) -> str:
+        """Where every heavy stage of the loop starts. `spread` > 1 (flow.generate_shards): that many
+        `--shard i/N` tasks over the flow's task runner (Ray places each), merged by a merge task;
+        else one task, whose children are the node's engine groups (Loop.child)."""
+        folder = describe(stage.stage).output == "model"
+        if spread == 1:
+            return self.child(stage.name, stage.section, stage.inputs, stage.args, stage.cfg,
+                              train=stage.stage == "train", folder=folder, sharded=stage.sharded,
+                              method=stage.params.get("method", "sft"))
+        names = [f"{stage.name}-shard{i}" for i in range(spread)]
+        args = [[*stage.args, "--shard", f"{i}/{spread}"] for i in range(spread)]
+        if self.planning:
+            parts = [self.child(n, stage.section, stage.inputs, a, stage.cfg) for n, a in zip(names, args, strict=True)]
+        else:
+            keyed = [self.output(n, stage.section, stage.inputs) for n in names]
+
+            def run_parts() -> list[str]:
+                with ray_resources(stage.cfg):
+                    futures = [self.task(heavy_task, n).submit(cfg=stage.cfg, key=key, out=str(out), run_dir=str(self.dir),
+                                                               stage=n, args=a)
+                               for n, a, (key, out) in zip(names, args, keyed, strict=True)]
+                with failures_named(stage.name):
+                    return [f.result() for f in futures]
+
+            parts = self.timed(f"{stage.name} ({spread} shards)", [out for _, out in keyed], run_parts)
+        return self.call(merge_task, f"{stage.name}-merge", {}, {f"part{i}": p for i, p in enumerate(parts)},
+                         cfg=stage.cfg, of=stage.stage, kind=stage.sharded.kind, parts=parts,
+                         problems=stage.sharded.problems)
+
     def child(self, name: str, section: dict, inputs: dict[str, str], args: list[str], cfg: TopsConfig, *,
               train: bool = False, folder: bool = False, sharded: Sharded | None = None,
               method: str = "sft") -> str:
         """A heavy stage: `tops <args>` in a child process with `cfg` written beside its output; a
         `sharded` sampling stage: one child per engine group of the node, merged."""
-        from tops.gpus import shard_plan
+        from tops.flow.ray_cluster import annotate_step, engine_plan
 
-        plan = shard_plan(sharded.engine, planning=self.planning) if sharded else None
-        step = None
-        if self.planning:
-            step = self._plan_step(name, args, cfg, train, plan, sharded, method)
-        if plan is not None and plan.size > 1:
-            return self.call(sharded_task, name, section, inputs, step=step, cfg=cfg, stage=name, args=args,
-                             plan=plan, kind=sharded.kind, problems=sharded.problems,
-                             every_problem=sharded.every_problem)
-        return self.call(train_task if train else child_task, name, section, inputs, folder=folder, step=step,
-                         cfg=cfg, stage=name, args=args)
+        plan = engine_plan(cfg, sharded.engine, planning=self.planning) if sharded else None  # the node's or cluster's
+        step = self._plan_step(name, args, cfg, train, plan, sharded, method) if self.planning else None
+        if step is not None:
+            annotate_step(step, cfg, args[0], plan)  # under the Ray runner: where on the cluster
+        if plan is None or plan.size == 1:
+            plan = sharded = None
+        return self.call(heavy_task, name, section, inputs, folder=folder, step=step, cfg=cfg, stage=name, args=args,
+                         plan=plan, sharded=sharded)
 
     def children_in_lanes(self, label: str, stages: list[ChildStage], lanes: list) -> list[str]:
         """Heavy stages that depend on nothing but their inputs, len(lanes) at a time: stage i runs
@@ -199,15 +239,13 @@ class Loop:
                 for i, (stage, (key, out)) in enumerate(zip(stages, keyed, strict=True)):
                     plan = lanes[i % width]
                     lane_before = [futures[i - width]] if i >= width else []
-                    common = {"cfg": stage.cfg, "key": key, "out": str(out), "run_dir": str(self.dir),
-                              "stage": stage.name, "args": stage.args}
+                    parameters = {"cfg": stage.cfg, "key": key, "out": str(out), "run_dir": str(self.dir),
+                                  "stage": stage.name, "args": stage.args}
                     if plan.size > 1:
-                        task, parameters = sharded_task, {
-                            **common, "plan": plan, "kind": stage.sharded.kind, "problems": stage.sharded.problems,
-                            "every_problem": stage.sharded.every_problem}
+                        parameters.update(plan=plan, sharded=stage.sharded)
                     else:
-                        task, parameters = child_task, {**common, "env": plan.groups[0].env()}
-                    futures.append(local.submit(self.task(task, stage.name), parameters, wait_for=lane_before))
+                        parameters["env"] = plan.groups[0].env()
+                    futures.append(local.submit(self.task(heavy_task, stage.name), parameters, wait_for=lane_before))
                 done = []
                 for stage, future in zip(stages, futures, strict=True):
                     with failures_named(stage.name):
@@ -248,20 +286,23 @@ class Loop:
         self.lineage[name] = str(path)
         if self.planning:
             return
+        source = Path(path).resolve()
+        if not source.exists():  # checked before the old name goes: never delete before the new one exists
+            raise StageFailed(f"publishing {name}: its stage output {source} is missing")
         target = self.layout.published(name)
         target.parent.mkdir(parents=True, exist_ok=True)
-        if target.is_symlink() or target.is_file():
-            target.unlink()
-        elif target.is_dir():
-            shutil.rmtree(target)
-        source = Path(path).resolve()
+        fresh = target.with_name(f".{target.name}.publishing")
+        fresh.unlink(missing_ok=True)
         if source.is_dir():
-            target.symlink_to(os.path.relpath(source, target.parent), target_is_directory=True)
+            fresh.symlink_to(os.path.relpath(source, target.parent), target_is_directory=True)
         else:
             try:
-                os.link(source, target)
+                os.link(source, fresh)
             except OSError:
-                shutil.copy2(source, target)
+                shutil.copy2(source, fresh)
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(fresh, target)  # replaces a link or file itself, never writes through it
 
 
 def format_plan(steps: list[PlanStep], run_dir: Path) -> str:

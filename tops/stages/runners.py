@@ -1,6 +1,10 @@
 """File-level stage runners: read artifacts -> call the stage function -> write atomically ->
 record the manifest. The CLI and the Prefect flow both call these, so a stage behaves the same
 whichever way it is started. Inputs are validated before any engine starts or any byte is written.
+
+A light stage is a function in LIGHT (frames in, frame and summary out) plus its description in
+tops/stages/catalog.py; `run_light` is their one skeleton. Heavy stages (engines, trainers) have
+runners of their own; every record's `config` is the stage description's (`Stage.config`).
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ import contextlib
 import fcntl
 import functools
 import inspect
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,11 +23,13 @@ from rich.console import Console
 
 from tops.artifacts import output_lock, read_artifact, timed, write_artifact
 from tops.artifacts import record_stage as _record_stage
-from tops.config import TopsConfig, config_section
+from tops.config import TopsConfig
+from tops.confine import open_no_follow
 from tops.errors import EXIT_OUT_OF_MEMORY, UserError
 from tops.gpus import device_share
 from tops.launch import in_launched_process
-from tops.layout import MANIFEST, default_label
+from tops.layout import MANIFEST, TRAIN_SUMMARY, default_label
+from tops.stages.catalog import TRAIN_METHODS, record_name, stage
 
 console = Console(stderr=True)
 EVAL_SEED_OFFSET = 7919  # held-out problems are drawn with a seed no training split uses
@@ -31,9 +38,13 @@ EVAL_SEED_OFFSET = 7919  # held-out problems are drawn with a seed no training s
 def record_stage(out: Path, stage: str, **record) -> None:
     """The stage's manifest record; a lock keeps records of concurrent stages (engine shards
     writing into one folder) from overwriting each other."""
+    from tops.train.nodes import NODE_ENV
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / f".{MANIFEST}.lock", "w") as lock:
+    if os.environ.get(NODE_ENV):  # placed by Ray (tops/flow/ray_cluster.py): the record names the node
+        record["summary"] = {**(record.get("summary") or {}), "ray_node": os.environ[NODE_ENV]}
+    with os.fdopen(open_no_follow(out.parent / f".{MANIFEST}.lock", os.O_WRONLY | os.O_CREAT), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         _record_stage(out, stage, **record)
 
@@ -47,7 +58,9 @@ def one_writer(run: Callable) -> Callable:
 
     @functools.wraps(run)
     def locked(*args, **kwargs):
-        if in_launched_process():
+        from tops.train.nodes import machine_rank
+
+        if in_launched_process() or machine_rank() > 0:  # a training job's other nodes: rank 0's lock
             return run(*args, **kwargs)
         with output_lock(signature.bind(*args, **kwargs).arguments["out"]):
             return run(*args, **kwargs)
@@ -61,12 +74,12 @@ def _print_summary(stage: str, summary: dict) -> None:
 
 
 def draw_problems(cfg: TopsConfig, n: int | None = None, seed: int | None = None,
-                  exclude: Sequence[Path] = (), heldout: bool = False) -> pd.DataFrame:
-    """Problems from the configured source, none sharing an id with the `exclude` artifacts. The
+                  exclude: Sequence[pd.DataFrame] = (), heldout: bool = False) -> pd.DataFrame:
+    """Problems from the configured source, none sharing an id with the `exclude` problems. The
     held-out split is drawn here only: eval.n_problems with a seed no training split uses."""
     from tops.domains import load_problems
 
-    used = set().union(*(set(read_artifact(p, "problems")["problem_id"]) for p in exclude)) if exclude else set()
+    used = set().union(*(set(frame["problem_id"]) for frame in exclude)) if exclude else set()
     if heldout:  # eval.benchmarks, eval.source, else the training source (tops.benchmarks)
         from tops.benchmarks import held_out_problems
 
@@ -84,23 +97,102 @@ def take_shard(problems: pd.DataFrame, shard: tuple[int, int]) -> pd.DataFrame:
     return shard_frame(problems, index, count)
 
 
+# ---------------------------------------------------------------- light stages
+
+
+def _problems(cfg: TopsConfig, frames: dict, n: int | None = None, seed: int | None = None, heldout: bool = False,
+              exact: bool = False) -> tuple[pd.DataFrame, dict]:
+    """`exact` (the flow): fewer problems than asked is an error, not a smaller split."""
+    problems = draw_problems(cfg, n, seed, list(frames.values()), heldout)
+    # benchmarks are taken whole (or their own `n`); every other split has a count to meet
+    wanted = (0 if cfg.eval.benchmarks else cfg.eval.n_problems) if heldout else cfg.problems.n if n is None else n
+    if exact and len(problems) < wanted:
+        raise UserError(f"{wanted} problems asked, the source has only {len(problems)} left after the "
+                        "earlier splits")
+    return problems, {"problems": len(problems)}
+
+
+def _verify(cfg: TopsConfig, frames: dict, progress: bool = True):
+    from tops.verify import verify_samples
+
+    return verify_samples(frames["samples"], cfg.verify, progress=progress)
+
+
+def _select(cfg: TopsConfig, frames: dict):
+    from tops.select import select_responses
+
+    return select_responses(frames["verified"], cfg.select, seed_low=frames.get("seed"))
+
+
+def _pairs(cfg: TopsConfig, frames: dict):
+    from tops.pairs import build_pairs
+
+    return build_pairs(frames["verified"], cfg.pairs)
+
+
+def _mask(cfg: TopsConfig, frames: dict, judge=None, progress: bool = True):
+    from tops.masking import mask_responses
+
+    owned = judge is None and stage("mask").runs_heavy(cfg)
+    if owned:  # the judge: mask.judge_model on mask.judge_engine, else the run's model and engine
+        from tops.engines import make_engine
+        from tops.models import resolve_model
+
+        judge = make_engine(resolve_model(cfg.mask.judge_model or cfg.model.base), cfg.mask.judge_engine or cfg.engine)
+    try:
+        return mask_responses(frames["selected"], cfg.mask, judge=judge, progress=progress)
+    finally:
+        if owned:
+            judge.close()
+
+
+LIGHT: dict[str, Callable[..., tuple[pd.DataFrame, dict]]] = {
+    "problems": _problems, "verify": _verify, "select": _select, "pairs": _pairs, "mask": _mask}
+
+
 @one_writer
+def run_light(name: str, cfg: TopsConfig, out: Path, inputs: dict[str, Path | str | None] | None = None,
+              params: dict | None = None, **options) -> tuple[pd.DataFrame, dict]:
+    """A light stage from its files: read its inputs, run LIGHT[name] with the stage's parameters
+    (part of its record) and `options` (how, not what: progress bars, a judge engine), write the
+    output, record it. Returns (output frame, summary)."""
+    spec = stage(name)
+    inputs = {k: Path(p) for k, p in (inputs or {}).items() if p is not None}
+    frames = {k: read_artifact(p, spec.input_kind(k)) for k, p in inputs.items()}
+    with timed() as clock:
+        frame, summary = LIGHT[name](cfg, frames, **(params or {}), **options)
+        if frame.empty and spec.empty:
+            raise UserError(spec.empty.format(next(iter(inputs.values()))))
+        write_artifact(frame, out, spec.output)
+    record_stage(out, name, config=spec.config(cfg, params), inputs=inputs, rows=len(frame),
+                 seconds=clock["seconds"], summary=summary)
+    _print_summary(name, summary)
+    return frame, summary
+
+
 def run_problems(cfg: TopsConfig, out: Path, n: int | None = None, seed: int | None = None,
                  exclude: Sequence[Path] = (), heldout: bool = False, exact: bool = False) -> pd.DataFrame:
-    """`exact` (the flow): fewer problems than asked is an error, not a smaller split."""
-    with timed() as clock:
-        problems = draw_problems(cfg, n, seed, exclude, heldout)
-        # benchmarks are taken whole (or their own `n`); every other split has a count to meet
-        wanted = (0 if cfg.eval.benchmarks else cfg.eval.n_problems) if heldout else cfg.problems.n if n is None else n
-        if exact and len(problems) < wanted:
-            raise UserError(f"{wanted} problems asked, the source has only {len(problems)} left after the "
-                            "earlier splits")
-        write_artifact(problems, out, "problems")
-    record_stage(out, "problems", config={**config_section(cfg, "problems"), "n": len(problems), "seed": seed,
-                                          "heldout": heldout},
-                 inputs={f"exclude{i}": p for i, p in enumerate(exclude)}, rows=len(problems),
-                 seconds=clock["seconds"])
-    return problems
+    return run_light("problems", cfg, out, {f"exclude{i}": p for i, p in enumerate(exclude)},
+                     {"n": n, "seed": seed, "heldout": heldout}, exact=exact)[0]
+
+
+def run_verify(cfg: TopsConfig, in_path: Path, out: Path, progress: bool = True) -> dict:
+    return run_light("verify", cfg, out, {"samples": in_path}, progress=progress)[1]
+
+
+def run_select(cfg: TopsConfig, in_path: Path, out: Path, seed_path: Path | None = None) -> dict:
+    return run_light("select", cfg, out, {"verified": in_path, "seed": seed_path})[1]
+
+
+def run_pairs(cfg: TopsConfig, in_path: Path, out: Path) -> dict:
+    return run_light("pairs", cfg, out, {"verified": in_path})[1]
+
+
+def run_mask(cfg: TopsConfig, in_path: Path, out: Path, judge=None, progress: bool = True) -> dict:
+    return run_light("mask", cfg, out, {"selected": in_path}, judge=judge, progress=progress)[1]
+
+
+# ---------------------------------------------------------------- heavy stages
 
 
 @one_writer
@@ -132,107 +224,37 @@ def run_generate(cfg: TopsConfig, out: Path, problems_path: Path | None = None, 
             if owned:
                 with contextlib.suppress(Exception):
                     engine.close()
-    record_stage(out, "generate", config=config_section(cfg, "model", "engine", "generate", "efforts"),
+    record_stage(out, "generate", config=stage("generate").config(cfg),
                  inputs={"problems": problems_path} if problems_path else None,
                  rows=summary["rows"], seconds=clock["seconds"], summary={**summary, "shard": f"{index}/{count}"})
     _print_summary("generate", summary)
     return summary
 
 
-@one_writer
-def run_verify(cfg: TopsConfig, in_path: Path, out: Path, progress: bool = True) -> dict:
-    from tops.verify import verify_samples
-
-    samples = read_artifact(in_path, "samples")
-    with timed() as clock:
-        verified, summary = verify_samples(samples, cfg.verify, progress=progress)
-        write_artifact(verified, out, "verified")
-    record_stage(out, "verify", config=config_section(cfg, "verify"), inputs={"samples": in_path},
-                 rows=len(verified), seconds=clock["seconds"], summary=summary)
-    _print_summary("verify", summary)
-    return summary
-
-
-@one_writer
-def run_select(cfg: TopsConfig, in_path: Path, out: Path, seed_path: Path | None = None) -> dict:
-    from tops.select import select_responses
-
-    verified = read_artifact(in_path, "verified")
-    seed_low = read_artifact(seed_path, "samples") if seed_path else None
-    with timed() as clock:
-        selected, summary = select_responses(verified, cfg.select, seed_low=seed_low)
-        if selected.empty:
-            raise UserError(f"{in_path}: no problem has a correct response; nothing to select")
-        write_artifact(selected, out, "selected")
-    inputs = {"verified": in_path, **({"seed": seed_path} if seed_path else {})}
-    record_stage(out, "select", config=config_section(cfg, "select"), inputs=inputs,
-                 rows=len(selected), seconds=clock["seconds"], summary=summary)
-    _print_summary("select", summary)
-    return summary
-
-
-@one_writer
-def run_pairs(cfg: TopsConfig, in_path: Path, out: Path) -> dict:
-    from tops.pairs import build_pairs
-
-    verified = read_artifact(in_path, "verified")
-    with timed() as clock:
-        pairs, summary = build_pairs(verified, cfg.pairs)
-        if pairs.empty:
-            raise UserError(f"{in_path}: no problem has both a correct and an incorrect response; no pairs")
-        write_artifact(pairs, out, "pairs")
-    record_stage(out, "pairs", config=config_section(cfg, "pairs"), inputs={"verified": in_path},
-                 rows=len(pairs), seconds=clock["seconds"], summary=summary)
-    _print_summary("pairs", summary)
-    return summary
-
-
-@one_writer
-def run_mask(cfg: TopsConfig, in_path: Path, out: Path, judge=None, progress: bool = True) -> dict:
-    from tops.masking import mask_responses
-
-    selected = read_artifact(in_path, "selected")
-    owned = judge is None and cfg.mask.enabled and cfg.mask.mode == "judge"
-    if owned:  # the judge: mask.judge_model on mask.judge_engine, else the run's model and engine
-        from tops.engines import make_engine
-        from tops.models import resolve_model
-
-        judge = make_engine(resolve_model(cfg.mask.judge_model or cfg.model.base), cfg.mask.judge_engine or cfg.engine)
-    try:
-        with timed() as clock:
-            masked, summary = mask_responses(selected, cfg.mask, judge=judge, progress=progress)
-            write_artifact(masked, out, "masked")
-    finally:
-        if owned:
-            judge.close()
-    record_stage(out, "mask", config=config_section(cfg, "mask"), inputs={"selected": in_path},
-                 rows=len(masked), seconds=clock["seconds"], summary=summary)
-    _print_summary("mask", summary)
-    return summary
-
 
 @one_writer
 def run_train(cfg: TopsConfig, method: str, data: Path, kind: str, out: Path, base: str | None = None,
               argv: Sequence[str] | None = None) -> dict | None:
-    """SFT or DPO into the model folder `out`. With train.num_processes > 1 the command `argv`
+    """Train with `method` (catalog.TRAIN_METHODS) into the model folder `out`. With train.num_processes > 1 the command `argv`
     (this process's arguments) reruns under `accelerate launch`, here and from the flow alike.
     Out of memory on any process: exit code EXIT_OUT_OF_MEMORY (the flow retries with half the
     micro-batch). Returns the summary (None in a process that only launched the others)."""
+    import tops.train
     from tops.models import resolve_model
-    from tops.train import maybe_relaunch, train_dpo, train_sft
+    from tops.train import maybe_relaunch
     from tops.train.common import is_main_process, is_out_of_memory
 
-    if method not in ("sft", "dpo"):
-        raise UserError(f"train method {method!r}: expected sft or dpo")
-    if kind not in ("selected", "masked", "samples", "pairs"):
-        raise UserError(f"--kind {kind!r}: expected selected, masked or samples")
+    if method not in TRAIN_METHODS:
+        raise UserError(f"train method {method!r}: expected {' or '.join(TRAIN_METHODS)}")
+    if kind not in TRAIN_METHODS[method].kinds:
+        raise UserError(f"--kind {kind!r}: expected {', '.join(TRAIN_METHODS[method].kinds)}")
     frame = read_artifact(data, kind)
     model = resolve_model(base or cfg.model.base)  # once, before any relaunch into several ranks
     summary = None
     with timed() as clock:
         try:
             if not maybe_relaunch(list(argv if argv is not None else sys.argv[1:]), cfg.train):
-                train = train_dpo if method == "dpo" else train_sft
+                train = getattr(tops.train, f"train_{method}")  # TRAIN_METHODS: one trainer per method
                 summary = train(frame, model, out, cfg.train, cfg.efforts.prompts)
         except SystemExit as exc:  # the launched ranks failed: EXIT_OUT_OF_MEMORY if one ran out
             if exc.code == EXIT_OUT_OF_MEMORY:
@@ -242,12 +264,15 @@ def run_train(cfg: TopsConfig, method: str, data: Path, kind: str, out: Path, ba
             if not is_out_of_memory(exc):
                 raise
             _exit_out_of_memory(out)
-    if in_launched_process() or not is_main_process():
+    from tops.train.nodes import machine_rank
+
+    if in_launched_process() or not is_main_process() or machine_rank() > 0:
         return summary
     import json
 
-    summary = summary or json.loads((out / "train_summary.json").read_text())
-    record_stage(out, f"train-{method}", config=config_section(cfg, "train", "efforts"),
+    summary = summary or json.loads((out / TRAIN_SUMMARY).read_text())
+    params = {"method": method}
+    record_stage(out, record_name("train", params), config=stage("train").config(cfg, params),
                  inputs={"data": data, **({"base": model} if Path(model).exists() else {})},
                  rows=len(frame), seconds=clock["seconds"],
                  summary={k: summary.get(k) for k in ("kind", "steps", "final_loss", "num_processes", "train_seconds")})
@@ -292,7 +317,7 @@ def run_seed(cfg: TopsConfig, out: Path, problems_path: Path | None = None,
             seed = responses.iloc[:0].assign(n_tokens=pd.Series(dtype="int64"))
             summary = {"problems_in": int(responses["problem_id"].nunique()), "kept": 0}
         write_artifact(seed, out, "samples")
-    record_stage(out, "seed", config=config_section(cfg, "seed"),
+    record_stage(out, "seed", config=stage("seed").config(cfg),
                  inputs={"problems": problems_path} if problems_path else None,
                  rows=len(seed), seconds=clock["seconds"], summary=summary)
     _print_summary("seed", summary)
@@ -321,7 +346,7 @@ def run_eval(cfg: TopsConfig, out: Path, models: list[str], train_problems: list
         raise UserError(f"--label: {len(labels)} labels for {len(models)} models (give one per --model, or none)")
     used = [read_artifact(p, "problems") for p in train_problems]
     problems = take_shard(read_artifact(problems_path, "problems") if problems_path is not None
-                          else draw_problems(cfg, exclude=train_problems, heldout=True), shard)
+                          else draw_problems(cfg, exclude=used, heldout=True), shard)
     resolved = [resolve_model(m) for m in models]  # every name checked before any engine starts
     frames = []
     with timed() as clock:
@@ -336,14 +361,42 @@ def run_eval(cfg: TopsConfig, out: Path, models: list[str], train_problems: list
                 engine.close()
         evals = pd.concat(frames, ignore_index=True)
         write_artifact(evals, out, "eval")
-    table = markdown_table(evals, pass_ks=cfg.eval.pass_k or None, budgets=cfg.eval.token_budgets or None)
+    table = markdown_table(evals, pass_ks=cfg.eval.pass_k or None, budgets=cfg.eval.token_budgets or None,
+                           maj_ks=cfg.eval.maj_k or None)
     flagged = contamination(problems, [q for u in used for q in u["question"]]) if used else []
     summary = {"models": models, "labels": labels or None, "problems": len(problems), "contaminated": len(flagged),
                "device_share": device_share()}
     inputs = {**({"problems": problems_path} if problems_path else {}),
               **{f"train_problems{i}": p for i, p in enumerate(train_problems)}}
-    record_stage(out, "eval", config=config_section(cfg, "eval"), inputs=inputs, rows=len(evals),
+    record_stage(out, "eval", config=stage("eval").config(cfg), inputs=inputs, rows=len(evals),
                  seconds=clock["seconds"], summary=summary)
     out.with_suffix(".md").write_text(table + "\n")
     return table + f"\n\ncontamination: {len(flagged)} of {len(problems)} held-out questions share a word " \
                    "8-gram with a training question"
+
+
+@one_writer
+def merge_shards(cfg: TopsConfig, out: Path, of: str, kind: str, parts: Sequence[Path], problems: Path,
+                 every_problem: bool = True, remove_parts: bool = False, summary: dict | None = None) -> int:
+    """The parts `--shard i/N` runs of stage `of` wrote, as one `kind` artifact with exactly one row
+    per key in the problems' order (tops.gpus.merge_parts), and its record; every route that
+    shards a stage ends here. `remove_parts`: the parts were scratch files beside `out`."""
+    import pyarrow.parquet as pq
+
+    from tops.gpus import merge_parts
+
+    parts = [Path(p) for p in parts]
+    order = read_artifact(problems, "problems")["problem_id"].tolist()
+    with timed() as clock:
+        filled = [read_artifact(p, kind) for p in parts if pq.read_metadata(p).num_rows]
+        if not filled:
+            raise UserError(f"no rows from any of the {len(parts)} shards of {of}")
+        merged = merge_parts(filled, kind, order, every_problem=every_problem)
+        write_artifact(merged, out, kind)
+    record_stage(out, "merge", config=stage(of).config(cfg), inputs={"problems": problems},
+                 rows=len(merged), seconds=clock["seconds"],
+                 summary={"of": of, "parts": [p.name for p in parts], **(summary or {})})
+    if remove_parts:
+        for part in parts:
+            part.unlink()
+    return len(merged)
