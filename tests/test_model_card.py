@@ -127,3 +127,23 @@ def test_export_repo_errors_are_one_line():
         with pytest.raises(UserError, match=message) as info:
             load_config(None, sets)
         assert "\n" not in str(info.value)
+
+
+def test_tops_export_pushes_the_latest_model(tmp_path, monkeypatch):
+    """What `tops export --model-repo-id` calls: the latest finished round's model and its card."""
+    from huggingface_hub import ModelCard
+
+    from tops.errors import UserError
+    from tops.hub.model_card import export_latest_model
+
+    run = _trained_run(tmp_path)
+    with HubStandIn() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_TOKEN", "hf_StandInToken0123456789")
+        folder, url = export_latest_model(run, "my-org/latest", dataset_repo_id="my-org/data")
+    repo = hub.repo("model", "my-org/latest")
+    assert url == f"{hub.url}/my-org/latest" and folder == run / "exports" / "round1-model"
+    assert repo.commits[0]["summary"].startswith("Round 1: held-out accuracy 0.500")
+    assert ModelCard(repo.files["README.md"].decode()).data.datasets == ["my-org/data"]
+    with pytest.raises(UserError, match="no finished round with a model"):
+        export_latest_model(make_run(tmp_path / "runs" / "plain"), "my-org/latest", push=False)
