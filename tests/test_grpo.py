@@ -110,3 +110,61 @@ def test_batch_that_splits_groups_is_refused(format_model, tmp_path):
         train_grpo(problems_frame(), format_model, tmp_path / "x", TrainConfig(**{**TRAIN, "batch_size": 3}),
                    PROMPTS, grpo=grpo_cfg(), verify=VerifyConfig(workers=1), progress=False)
     assert not (tmp_path / "x" / "model.safetensors").exists()
+
+
+def test_laser_demo_configuration(tmp_path):
+    """configs/laser-demo.yaml: LASER-D from the demo's TOPS model, one step of whole groups per
+    micro-batch plan, evaluated on the demo's held-out problems; refused before the demo ran."""
+    from tops.config import load_config
+    from tops.errors import UserError
+    from tops.laser_demo import laser_demo_commands
+    from tops.train.grpo import steps_per_generation
+
+    config = REPO / "configs" / "laser-demo.yaml"
+    cfg = load_config(config, [f"run.root={tmp_path}"])
+    assert cfg.grpo.reward == "laser-d" and cfg.grpo.rollouts == "transformers"
+    assert steps_per_generation(cfg.train, cfg.grpo) == 4
+    assert cfg.flow.iter_problems >= cfg.train.max_steps * cfg.grpo.prompts_per_step  # no problem twice
+    source = tmp_path / "demo"
+    with pytest.raises(UserError, match="run `tops demo` first"):
+        laser_demo_commands(config, cfg, source)
+    (source / "models" / "tops").mkdir(parents=True)
+    (source / "problems").mkdir()
+    for split in ("train", "eval"):
+        problems_frame(4).to_parquet(source / "problems" / f"{split}.parquet")
+    problems, train, evaluate = laser_demo_commands(config, cfg, source)
+    assert problems[0] == "problems" and problems.count("--exclude") == 2
+    drawn = problems[problems.index("--out") + 1]
+    assert train[:2] == ["train", "grpo"] and train[train.index("--problems") + 1] == drawn
+    assert train[train.index("--base") + 1] == str(source / "models" / "tops")
+    assert evaluate[evaluate.index("--problems") + 1] == str(source / "problems" / "eval.parquet")
+    assert [evaluate[i + 1] for i, a in enumerate(evaluate) if a == "--label"] == ["tops", "laser-d"]
+
+
+def test_two_processes_gather_whole_groups_and_hold_the_same_targets(format_model, tmp_path):
+    """`tops train grpo` under `accelerate launch` on 2 processes: one prompt's 4 rollouts are
+    split 2 + 2 over the processes, yet the reward buckets every group whole, and the monitor's
+    targets (re-estimated before step 1 and at step 1) are the same on both processes."""
+    import yaml
+
+    problems = tmp_path / "problems.parquet"
+    problems_frame().to_parquet(problems)
+    config = tmp_path / "grpo.yaml"
+    config.write_text(yaml.safe_dump({
+        "efforts": {"prompts": PROMPTS},
+        "train": {**TRAIN, "batch_size": 2, "max_steps": 2, "num_processes": 2},
+        "grpo": grpo_cfg(prompts_per_step=1, monitor_every=1).model_dump(mode="json"),
+        "verify": {"workers": 1},
+    }))
+    out = tmp_path / "two"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "tops.cli", "train", "grpo", "--problems", str(problems),
+                           "--base", str(format_model), "--out", str(out), "--config", str(config)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["steps"] == 2
+    first, second = summary["targets_by_process"]
+    assert [t["step"] for t in first] == [0, 1] and first == second
+    assert all(t["monitor_rollouts"] == 16 for t in first)  # 4 problems x 4 rollouts, gathered from both
+    assert summary["group_sizes_by_process"] == [[4], [4]]
