@@ -147,3 +147,24 @@ def test_tops_export_pushes_the_latest_model(tmp_path, monkeypatch):
     assert ModelCard(repo.files["README.md"].decode()).data.datasets == ["my-org/data"]
     with pytest.raises(UserError, match="no finished round with a model"):
         export_latest_model(make_run(tmp_path / "runs" / "plain"), "my-org/latest", push=False)
+
+
+def test_cli_export_with_a_model_repo(tmp_path, monkeypatch, capsys):
+    from tops.cli import main
+
+    run = _trained_run(tmp_path)
+    with HubStandIn() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_TOKEN", "hf_StandInToken0123456789")
+        with pytest.raises(SystemExit) as exit_info:
+            main(["export", "--run", str(run), "--repo-id", "my-org/data", "--model-repo-id", "my-org/model"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code in (0, None)
+    assert f"{hub.url}/my-org/model: round 1's model with its card" in out
+    assert "README.md" in hub.repo("model", "my-org/model").files
+    assert "https://huggingface.co/my-org/model" in hub.repo("dataset", "my-org/data").files["README.md"].decode()
+    with pytest.raises(SystemExit) as exit_info:  # a run without rounds: one line, nothing written
+        main(["export", "--run", str(make_run(tmp_path / "runs" / "plain")), "--repo-id", "my-org/data",
+              "--model-repo-id", "my-org/model", "--local-dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and not (tmp_path / "out").exists()
+    assert "no finished round with a model" in capsys.readouterr().err

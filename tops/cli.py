@@ -316,13 +316,27 @@ def export(run: Annotated[str, typer.Option("--run", help="Run folder, or a run 
            dry_run: Annotated[bool, typer.Option("--dry-run", help="List the files and sizes; write and upload nothing.")] = False,
            license_id: Annotated[str, typer.Option("--license", help="License id for the dataset card.")] = "apache-2.0",
            timeout_s: Annotated[float, typer.Option("--timeout-s", min=1, max=86400,
-                                                    help="Deadline of each Hub request, its upload included.")] = 600.0):
-    """Export a run's datasets (samples, sft, dpo, eval configs + dataset card) to the Hugging Face Hub."""
-    from tops.hub import export_run, format_result
+                                                    help="Deadline of each Hub request, its upload included.")] = 600.0,
+           model_repo_id: Annotated[str | None, typer.Option("--model-repo-id", help="Also the run's latest model, with its model card, to this Hub model repo: ORG/NAME.")] = None):
+    """Export a run's datasets (samples, sft, dpo, eval configs + dataset card) to the Hugging Face Hub;
+    with --model-repo-id its latest model too (tops/hub/model_card.py)."""
+    from tops.hub import check_repo_id, export_run, format_result, resolve_run_dir
+    from tops.hub.model_card import export_latest_model, latest_round
 
+    record = None
+    if model_repo_id:  # checked before anything is written or sent
+        check_repo_id(model_repo_id)
+        record = latest_round(resolve_run_dir(run))
     result = export_run(run, repo_id, private=private, local_dir=local_dir, dry_run=dry_run,
-                        license=license_id, timeout_s=timeout_s)
+                        license=license_id, timeout_s=timeout_s, model_repo_id=model_repo_id)
     typer.echo(format_result(result))
+    if record is not None and dry_run:
+        typer.echo(f"would push round {record.number}'s model ({record.model_label}) with its card to {model_repo_id}")
+    elif record is not None:
+        folder, url = export_latest_model(result.run_dir, model_repo_id, dataset_repo_id=repo_id, private=private,
+                                          push=local_dir is None, timeout_s=timeout_s)
+        typer.echo(f"{url}: round {record.number}'s model with its card" if url else
+                   f"{folder}: round {record.number}'s model with its card, as it would go to {model_repo_id}")
 
 
 @app.command("rounds")

@@ -217,23 +217,32 @@ def stage_model_folder(run_dir: str | Path, number: int, model_dir: str | Path, 
     return dest
 
 
+def latest_round(run_dir: str | Path):
+    """The run's latest finished round that recorded a model (UserError when there is none)."""
+    from tops.errors import UserError
+    from tops.rounds import load_rounds
+
+    finished = [r for r in load_rounds(run_dir) if r.status == "finished" and r.model]
+    if not finished:
+        raise UserError(f"--model-repo-id: {run_dir} has no finished round with a model (rounds.json); "
+                        "the model of a run made by `tops run` is exported")
+    return finished[-1]
+
+
 def export_latest_model(run_dir: str | Path, model_repo_id: str, *, dataset_repo_id: str | None = None,
-                        private: bool = True, push: bool = True, hf_api: Any = None) -> tuple[Path, str | None]:
+                        private: bool = True, push: bool = True, hf_api: Any = None,
+                        timeout_s: float | None = None) -> tuple[Path, str | None]:
     """`tops export --model-repo-id`: the latest finished round's model with its card, staged in
     `<run>/exports/round<k>-model/` and pushed unless `push` is False. (folder, URL or None)."""
     from tops.errors import UserError
     from tops.hub.collect import check_repo_id
     from tops.hub.publish import commit_message
     from tops.hub.upload import _get_token, push_folder
-    from tops.rounds import load_rounds, resolve
+    from tops.rounds import resolve
 
     run_dir = Path(run_dir)
     check_repo_id(model_repo_id)
-    finished = [r for r in load_rounds(run_dir) if r.status == "finished" and r.model]
-    if not finished:
-        raise UserError(f"--model-repo-id: {run_dir} has no finished round with a model (rounds.json); "
-                        "the model of a run made by `tops run` is exported")
-    record = finished[-1]
+    record = latest_round(run_dir)
     token = _get_token() if push else None
     if push and not token:
         raise UserError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (or use --local-dir); "
@@ -243,5 +252,6 @@ def export_latest_model(run_dir: str | Path, model_repo_id: str, *, dataset_repo
     folder = stage_model_folder(run_dir, record.number, model, card)
     if not push:
         return folder, None
+    limit = {"timeout_s": timeout_s} if timeout_s is not None else {}
     return folder, push_folder(folder, model_repo_id, token=token, private=private, hf_api=hf_api,
-                               commit_message=commit_message(record), repo_type="model")
+                               commit_message=commit_message(record), repo_type="model", **limit)
