@@ -3,15 +3,14 @@
 A YAML file from `configs/` plus `--set a.b=value` overrides is validated in full before any
 work starts; the first problem becomes one UserError line naming the field (exit code 2).
 
-One module per group of sections: engine (run, model, engine, sampling), efforts, problems
-(sources, benchmarks), stages (generate ... eval, seed), train, loop (flow, export, TopsConfig),
-loading (YAML and overrides). Import from `tops.config`.
+One module per group of sections: run_model (run, model, engine, sampling), efforts, problems
+(sources, benchmarks), stage_sections (generate ... eval, seed), train, grpo, cluster, root (flow,
+export, TopsConfig), loading (YAML and overrides), repo_id (Hub ids). Import from `tops.config`.
 """
 
 from tops.config.base import Strict, quoted
 from tops.config.efforts import DEFAULT_EFFORT_PROMPTS, EFFORT_ORDER, EffortsConfig
 from tops.config.grpo import GrpoConfig
-from tops.config.run_model import EngineConfig, ModelConfig, RunConfig, SamplingConfig
 from tops.config.loading import (
     MAX_CONFIG_BYTES,
     config_section,
@@ -20,7 +19,6 @@ from tops.config.loading import (
     parse_overrides,
     parse_yaml,
 )
-from tops.config.root import TRAIN_STAGES, ExportConfig, FlowConfig, TopsConfig, flow_problem_counts
 from tops.config.problems import (
     ArithLevel,
     ArithSource,
@@ -31,6 +29,8 @@ from tops.config.problems import (
     ProblemsConfig,
     SourceConfig,
 )
+from tops.config.root import TRAIN_STAGES, ExportConfig, FlowConfig, TopsConfig, flow_problem_counts
+from tops.config.run_model import EngineConfig, ModelConfig, RunConfig, SamplingConfig
 from tops.config.stage_sections import (
     AlphaOneConfig,
     BudgetForcingConfig,

@@ -86,7 +86,7 @@ class ExportConfig(Strict):
     def _hub_repo_id(cls, repo_id: str | None) -> str | None:
         if repo_id is None:
             return None
-        from tops.hub.collect import check_repo_id
+        from tops.config.repo_id import check_repo_id
 
         try:
             return check_repo_id(repo_id)

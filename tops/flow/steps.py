@@ -114,6 +114,8 @@ def iterate(loop: Loop, k: int, latest: str, latest_label: str, problems: str) -
     returns the new latest model (the same one when no sample gave anything to learn from)."""
     cfg, f, gen = loop.cfg, loop.cfg.flow, loop.cfg.generate
     it = names.iteration(k)
+    if f.iter_method == "grpo":  # GRPO samples and scores its own rollouts (LASER rewards)
+        return train(loop, "iter_grpo", "grpo", problems, "problems", latest, label=it)
     iter_gen = GenerateConfig(efforts=["none"], n_samples=f.iter_samples, shard_size=gen.shard_size,
                               sampling=gen.sampling)
     it_samples = sample(loop, f"generate-{it}", latest, latest_label, problems, iter_gen)

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from tops import layout
 from tops.artifacts import check_columns
+from tops.config.repo_id import check_repo_id  # noqa: F401  (tops.hub.check_repo_id)
 from tops.errors import UserError
 
 # Hub config -> artifact kinds that feed it, preferred first.
@@ -75,21 +76,6 @@ def resolve_run_dir(run: str | Path, root: str | Path | None = None) -> Path:
             return candidate
     looked = " or ".join(str(c) for c in dict.fromkeys(candidates))
     raise UserError(f"run {str(run)!r}: no such run folder (looked for {looked})")
-
-
-def check_repo_id(repo_id: str) -> str:
-    """ORG/NAME as the Hub accepts it, else one UserError line."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise UserError(f"--repo-id {repo_id!r}: expected ORG/NAME, e.g. my-org/tops-gsm8k")
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as exc:
-        reason = str(exc).split("\n")[0].rstrip(".")
-        raise UserError(f"--repo-id {repo_id!r}: not a valid Hub repo id ({reason})") from None
-    return repo_id
 
 
 def split_name(rel: str | PurePosixPath, kind: str) -> str:

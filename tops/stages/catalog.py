@@ -38,6 +38,8 @@ TRAIN_METHODS: dict[str, TrainMethod] = {m.name: m for m in (
                 help="SFT with TRL: loss on assistant tokens minus erroneous-step spans; LoRA merged on save."),
     TrainMethod("dpo", ("pairs",), data_option="--pairs",
                 help="DPO with TRL on shortest-correct vs incorrect pairs."),
+    TrainMethod("grpo", ("problems",), data_option="--problems",
+                help="GRPO with TRL, rewarded by our verifier and LASER's length rewards (`grpo:` section)."),
 )}
 
 
@@ -92,6 +94,11 @@ def _eval_key(cfg: TopsConfig, params: dict) -> dict:
     return key
 
 
+def _train_key(cfg: TopsConfig, params: dict) -> dict:
+    """GRPO also depends on its own section and on the verifier that is its reward."""
+    return config_section(cfg, "grpo", "verify") if params.get("method") == "grpo" else {}
+
+
 def train_command(method: str, data: str, kind: str, base: str) -> list[str]:
     spec = TRAIN_METHODS[method]
     return ["train", method, spec.data_option, str(data), *(["--kind", kind] if len(spec.kinds) > 1 else []),
@@ -114,7 +121,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("mask", {"selected": "selected"}, "masked", ("mask",), heavy=False,
           command=lambda selected: ["mask", "--in", str(selected), "--quiet"],
           heavy_when=lambda cfg: cfg.mask.enabled and cfg.mask.mode == "judge"),
-    Stage("train", {"data": "any", "base": MODEL}, MODEL, ("train", "efforts"), heavy=True, command=train_command),
+    Stage("train", {"data": "any", "base": MODEL}, MODEL, ("train", "efforts"), heavy=True, command=train_command,
+          keyed=_train_key),
     Stage("eval", {"problems": "problems", "model": MODEL}, "eval", ("eval", "engine", "verify"), heavy=True,
           keyed=_eval_key, command=lambda model, label, problems: ["eval", "--model", str(model), "--label", label,
                                                                     "--problems", str(problems), "--quiet"]),

@@ -255,7 +255,8 @@ def run_train(cfg: TopsConfig, method: str, data: Path, kind: str, out: Path, ba
         try:
             if not maybe_relaunch(list(argv if argv is not None else sys.argv[1:]), cfg.train):
                 train = getattr(tops.train, f"train_{method}")  # TRAIN_METHODS: one trainer per method
-                summary = train(frame, model, out, cfg.train, cfg.efforts.prompts)
+                extra = {"grpo": cfg.grpo, "verify": cfg.verify} if method == "grpo" else {}  # its reward's settings
+                summary = train(frame, model, out, cfg.train, cfg.efforts.prompts, **extra)
         except SystemExit as exc:  # the launched ranks failed: EXIT_OUT_OF_MEMORY if one ran out
             if exc.code == EXIT_OUT_OF_MEMORY:
                 _exit_out_of_memory(out)

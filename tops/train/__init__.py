@@ -3,6 +3,7 @@ weights, resumable, merged into plain model folders that vLLM and transformers l
 
 from tops.train.common import maybe_relaunch, relaunch_command
 from tops.train.dpo import train_dpo
+from tops.train.grpo import train_grpo
 from tops.train.sft import train_sft
 
-__all__ = ["maybe_relaunch", "relaunch_command", "train_dpo", "train_sft"]
+__all__ = ["maybe_relaunch", "relaunch_command", "train_dpo", "train_grpo", "train_sft"]

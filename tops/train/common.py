@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -28,7 +27,7 @@ import pyarrow as pa
 from tops.artifacts import atomic_write_table, atomic_write_text, fingerprint
 from tops.config import TrainConfig
 from tops.errors import EXIT_OUT_OF_MEMORY, UserError
-from tops.launch import in_launched_process
+from tops.launch import Command, in_launched_process, launch
 from tops.models import COMPLETE_MARKER
 from tops.train.kernels import TrainSetup
 from tops.train.nodes import cluster_summary
@@ -82,7 +81,10 @@ def maybe_relaunch(argv: Sequence[str], cfg: TrainConfig) -> bool:
     out_dir = Path(argv[argv.index("--out") + 1]) if "--out" in argv[:-1] else None
     if out_dir is not None:
         oom_marker(out_dir).unlink(missing_ok=True)
-    code = subprocess.call(cmd, env={**os.environ, "TOPS_LAUNCHED": "1"})
+    # tops.launch: its own process group, killed with everything in it if this process stops waiting
+    [done] = launch([Command(cmd, "accelerate", env={"TOPS_LAUNCHED": "1"})],
+                    log=lambda who, line: print(line, flush=True))
+    code = done.returncode
     if code != 0:
         raise SystemExit(launch_exit_code(code, out_dir) if out_dir is not None else code)
     return True
