@@ -12,6 +12,7 @@ Output folder layout (callers rely on it):
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -290,11 +291,54 @@ def prune_checkpoints(out_dir: Path) -> None:
         shutil.rmtree(checkpoint)
 
 
-def last_checkpoint(out_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+# A checkpoint's weights, in any of the forms the Trainer writes (full, LoRA adapter, sharded, FSDP,
+# DeepSpeed); with trainer_state.json (written last) they make a checkpoint one can resume from.
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin",
+            "pytorch_model.bin.index.json", "adapter_model.bin", "pytorch_model_fsdp_0", "global_step*")
 
+
+def checkpoint_complete(checkpoint: Path) -> bool:
+    """trainer_state.json (the Trainer writes it last) parses and the weights are there: a disk that
+    filled up mid-checkpoint leaves a folder without them, which must not be resumed from."""
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return any(next(checkpoint.glob(pattern), None) is not None for pattern in _WEIGHTS)
+
+
+def last_checkpoint(out_dir: Path) -> str | None:
+    """The newest complete checkpoint (checkpoint_complete); incomplete ones are skipped."""
     folder = out_dir / "checkpoints"
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    if not folder.is_dir():
+        return None
+    steps = sorted(((int(p.name.split("-")[1]), p) for p in folder.glob("checkpoint-*")
+                    if p.is_dir() and p.name.split("-")[1].isdigit()), reverse=True)
+    return next((str(p) for _, p in steps if checkpoint_complete(p)), None)
+
+
+def drop_incomplete_checkpoints(out_dir: Path) -> None:
+    """Delete checkpoints newer than the one a run resumes from (a full disk's leftovers): they
+    hold space, and the Trainer's rotation would count them."""
+    import shutil
+
+    resume = last_checkpoint(out_dir)
+    newest_ok = int(Path(resume).name.split("-")[1]) if resume else -1
+    for checkpoint in (out_dir / "checkpoints").glob("checkpoint-*"):
+        step = checkpoint.name.split("-")[1]
+        if step.isdigit() and int(step) > newest_ok and not checkpoint_complete(checkpoint):
+            shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) is a full disk: torch.save reports it as a RuntimeError."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def save_model(trainer, base_model: str | Path, out_dir: Path, tokenizer) -> None:
@@ -375,13 +419,23 @@ def train_and_save(trainer, *, base_model: str | Path, out_dir: Path, tokenizer,
     Returns the curve (main process only) and the wall time of `trainer.train()`."""
     import torch
 
+    if trainer.accelerator.is_main_process:
+        drop_incomplete_checkpoints(out_dir)
+    trainer.accelerator.wait_for_everyone()
     resume = last_checkpoint(out_dir)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume)
-    seconds = time.perf_counter() - start
-    save_model(trainer, base_model, out_dir, tokenizer)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+        seconds = time.perf_counter() - start
+        save_model(trainer, base_model, out_dir, tokenizer)
+    except Exception as exc:
+        if disk_full(exc):  # the first error line names the cause, not torch's "file write failed"
+            raise OSError(errno.ENOSPC, f"disk full (ENOSPC) while training into {out_dir}: free space and "
+                          f"rerun; it resumes from the last complete checkpoint ({exc.__class__.__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+        raise
     curve = None
     if trainer.accelerator.is_main_process:
         curve = write_loss_curve(trainer.state.log_history, out_dir, extra_panel)
