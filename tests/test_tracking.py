@@ -155,3 +155,12 @@ def test_cli_training_with_an_unusable_tracker_exits_2_and_writes_nothing(tmp_pa
     assert exit_info.value.code == 2
     assert err[-1].startswith(f"error: train.report_to: {missing[0]} is not installed")
     assert not out.exists()
+
+
+def test_turning_a_tracker_on_changes_no_cache_key():
+    from tops.config import config_section, load_config
+
+    watched = load_config(None, ["train.report_to=none", "train.logging_dir=/tmp/tb"])
+    assert config_section(watched, "train", "efforts") == config_section(load_config(None, []), "train", "efforts")
+    assert "report_to" not in config_section(watched, "train")["train"]
+    assert watched.train.report_to == ["none"]  # the config itself keeps it

@@ -119,7 +119,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise UserError(format_validation_error(exc, source)) from None
 
 
+# How a stage is watched, not what it makes (tops/tracking.py): out of cache keys and records, so
+# turning a tracker on reruns nothing.
+_WATCH_ONLY = {"train": ("report_to", "logging_dir")}
+
+
 def config_section(cfg: TopsConfig, *names: str) -> dict:
     """JSON-able slice of the config, used in manifests and cache keys."""
     dumped = cfg.model_dump(mode="json")
+    for section, fields in _WATCH_ONLY.items():
+        for name in fields:
+            dumped[section].pop(name, None)
     return {name: dumped[name] for name in names}
