@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 
-from tops.config.base import Strict
+from tops.config.base import MAX_ITERATIONS, MAX_SAMPLES, Strict
 from tops.config.cluster import ClusterConfig
 from tops.config.efforts import EffortsConfig
 from tops.config.grpo import GrpoConfig
@@ -34,9 +34,9 @@ class FlowConfig(Strict):
     # standalone `tops problems` draws (see flow_problem_counts).
     train_problems: int | None = Field(None, ge=1)
     iter_problems: int = Field(60, ge=1)
-    iterations: int = Field(1, ge=0)
+    iterations: int = Field(1, ge=0, le=MAX_ITERATIONS)
     iter_method: Literal["sft", "dpo", "grpo"] = "sft"  # grpo: LASER rewards (`grpo:` section)
-    iter_samples: int = Field(4, ge=1)  # paper: 8 responses per problem
+    iter_samples: int = Field(4, ge=1, le=MAX_SAMPLES)  # paper: 8 responses per problem
     random_baseline: bool = True
     # Per-stage training overrides on top of `train` (paper: tag lr 1e-5 x3 epochs, TOPS 1e-5
     # x2, Iter-SFT 1e-6 x1, Iter-DPO 5e-7 x3), keyed by TRAIN_STAGES.
@@ -80,6 +80,9 @@ class ExportConfig(Strict):
     datasets: bool = True  # samples / sft / dpo / eval configs + dataset card with the rounds' history
     model: bool | None = None  # None: push the model when model_repo_id is set
     license: str = Field("apache-2.0", min_length=1)  # the datasets'; a model card carries its base's
+    # Deadline of each Hub request, its upload included (tops/hub/deadline.py): a Hub that does
+    # not answer fails the export stage with one line instead of holding the run.
+    timeout_s: float = Field(600.0, gt=0, le=86400)
 
     @field_validator("dataset_repo_id", "model_repo_id")
     @classmethod

@@ -48,9 +48,9 @@ def continue_round(loop, plan: rounds.RoundPlan) -> dict:
     """Round k+1: one more iteration from round k's recorded latest model, evaluated on round 1's set.
     A dry run (`loop.planning`) lists its stages and records nothing."""
     cfg = loop.cfg
+    start = rounds.start_model(loop.dir, plan)  # checked before the round is recorded
     problems = (loop.layout.published(names.problems(plan.label)) if loop.planning
                 else rounds.start_round(loop.dir, plan, cfg.flow.iter_method))
-    start = rounds.resolve(loop.dir, plan.parent.model)
     logger(loop).info(f"round {plan.number}{' (resumed)' if plan.resumed else ''}: {plan.label} from round "
                        f"{plan.parent.number}'s model {start} on {len(plan.problems)} problems")
     loop.lineage[names.problems(plan.label)] = str(problems)

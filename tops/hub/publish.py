@@ -70,8 +70,9 @@ def export_round(run_dir: str | Path, export_cfg, record, *, hf_api: Any = None)
     published = Published(record.number, folder, message, model_folder=model_folder)
     if folder is not None:
         published.dataset_url = push_folder(folder, dataset_repo, token=token, private=export_cfg.private,
-                                            hf_api=hf_api, commit_message=message)
+                                            hf_api=hf_api, commit_message=message, timeout_s=export_cfg.timeout_s)
     if model_folder is not None:
         published.model_url = push_folder(model_folder, model_repo, token=token, private=export_cfg.private,
-                                          hf_api=hf_api, commit_message=message, repo_type="model")
+                                          hf_api=hf_api, commit_message=message, repo_type="model",
+                                          timeout_s=export_cfg.timeout_s)
     return published
