@@ -148,7 +148,8 @@ def test_server_that_never_recovers_fails_one_shard_and_rerun_resumes(server, ti
     code, err = _cli(args, capsys)
     assert code == 1
     last = err.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "HTTP 503" in last and "after 2 attempts" in last and "effort low" in last
+    assert last.startswith("error: ") and "HTTP 503" in last and "after 2 attempts" in last
+    assert "the request for problem 'p2', effort 'low' failed" in last
     assert not out.exists()
     shards = sorted(p.name for p in out.with_name(out.name + ".shards").glob("shard-*.parquet"))
     assert [s[:11] for s in shards] == ["shard-00000", "shard-00001"]  # q0 and q1 finished and kept

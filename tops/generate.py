@@ -33,10 +33,11 @@ def build_requests(problems: pd.DataFrame, efforts: list[str], prompts: dict[str
         Request(
             messages=([{"role": "system", "content": prompts[effort]}] if prompts[effort] else [])
             + [{"role": "user", "content": question}],
-            meta={"row": i, "effort": effort},
+            meta={"row": i, "effort": effort, "problem_id": problem_id},  # the id names it in errors
             chat_template_kwargs=dict(template_kwargs.get(effort, {})),
         )
-        for i, question in enumerate(problems["question"].tolist())
+        for i, (problem_id, question) in enumerate(zip(problems["problem_id"].astype(str).tolist(),
+                                                       problems["question"].tolist(), strict=True))
         for effort in efforts
     ]
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
+from tops.config.base import quoted
 from tops.engines.base import Completion, Request
 from tops.engines.render import count_tokens, render_chat, response_text
 from tops.engines.retrying import Policy, RetryingClient
@@ -135,6 +136,8 @@ class OpenAIEngine:
 def _describe(request: Request) -> str:
     """The request as an error line names it (its prompt row and effort, when generate set them)."""
     meta = request.meta or {}
+    if "problem_id" in meta:
+        return f"the request for problem {quoted(meta['problem_id'])}, effort {quoted(meta.get('effort'))}"
     where = ", ".join(f"{k} {meta[k]}" for k in ("row", "effort") if k in meta)
     return f"the request for prompt {where}" if where else "a request"
 
