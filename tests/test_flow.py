@@ -144,6 +144,30 @@ def test_smoke_flow_produces_every_artifact(first_run, run_root):
     assert result["stages_reused"] == 0 and result["stages"] >= 10 and result["stage_minutes"] > 0
 
 
+def test_a_run_is_watched_in_tensorboard(first_run):
+    """`tensorboard --logdir <run>/logs`: every training stage's loss curve, the evaluations, and
+    one summary per round (tops.tracking)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tops import rounds
+
+    run_dir = Path(first_run[0]["run_dir"])
+
+    def scalars(folder: Path, tag: str) -> list:
+        events = EventAccumulator(str(folder))
+        events.Reload()
+        return events.Scalars(tag)
+
+    trained = {p.name.rsplit("-", 1)[0]: p for p in (run_dir / "logs").glob("train-*")}
+    assert set(trained) == {"train-tag", "train-tops", "train-random", "train-iter1"} or \
+        set(trained) == {"train-tag", "train-tops", "train-random"}  # iter1 had nothing to learn from
+    for folder in trained.values():
+        assert scalars(folder, "train/loss"), folder
+    [summary] = scalars(run_dir / "logs" / "rounds", "rounds/accuracy")
+    assert summary.step == 1 and summary.value == pytest.approx(rounds.load_rounds(run_dir)[0].accuracy)
+    assert scalars(run_dir / "logs" / "rounds", "eval/tops/none/accuracy")
+
+
 def test_flow_trains_under_two_real_processes(first_run):
     """What the trainer's processes recorded, not what was asked for (iter1 may have kept the TOPS
     model when its samples had nothing to learn from)."""
