@@ -185,3 +185,45 @@ def test_benchmark_files_keep_answers_as_written_and_refuse_duplicate_ids(tmp_pa
     gsm.write_text('{"question": "q", "answer": "#### 1"}\n{"question": "q", "answer": "#### 2"}\n')
     with pytest.raises(UserError, match="same question appears with different answers"):
         held_out_problems(load_config(SMOKE, [f"eval.benchmarks=[{{name: gsm8k, path: {gsm}}}]"]), n=1, seed=0)
+
+
+@pytest.mark.slow
+def test_flow_evaluates_a_maths_and_a_choice_benchmark_and_reports_both(harness, tmp_path, tiny_model_dir):
+    """The flow's own steps on the smoke profile: held-out problems from a MATH-500 and an MMLU-Pro
+    file, the evaluation child process, the report with both sides."""
+    from prefect import flow
+
+    from tops.artifacts import read_artifact
+    from tops.config import load_config
+    from tops.flow import steps
+    from tops.flow.stage_loop import Loop
+    from tops.report import write_report
+
+    math500 = _jsonl(tmp_path / "math500.jsonl", [
+        {"problem": f"What is {a}+{a}?", "solution": f"\\boxed{{{2 * a}}}", "answer": str(2 * a), "subject": "Algebra",
+         "level": 1, "unique_id": f"test/algebra/{a}.json"} for a in (1, 2)])
+    benches = [{"name": "math500", "path": str(math500)}, {"name": "mmlu_pro", "path": str(mc_files(tmp_path)["mmlu_pro"])}]
+    overrides = [f"run.root={tmp_path / 'runs'}", f"model.base={tiny_model_dir}", f"eval.benchmarks={json.dumps(benches)}",
+                 "eval.seeds=[0, 1]", "eval.sampling.max_tokens=16"]
+
+    @flow(name="tops-eval-benchmarks")
+    def evaluate_benchmarks() -> tuple[str, str]:
+        loop = Loop(load_config(SMOKE, overrides))
+        loop.dir.mkdir(parents=True, exist_ok=True)
+        held_out = steps.problems(loop, "eval", None, None, [], heldout=True)
+        part = steps.evaluate(loop, "base", str(tiny_model_dir), ["none"], held_out)
+        return part, str(write_report(loop.dir, read_artifact(part, "eval"), None, ["base"]))
+
+    part, report = evaluate_benchmarks()
+    evals = read_artifact(part, "eval")
+    assert evals.groupby("benchmark").size().to_dict() == {"math500": 2 * 2, "mmlu_pro": 4 * 2}
+    assert evals.groupby("benchmark")["checker"].unique().map(list).to_dict() == {"math500": ["math"],
+                                                                                   "mmlu_pro": ["choice"]}
+    text = Path(report).read_text()
+    for row in ("| base | none | math500 | all |", "| base | none | mmlu_pro | all |", "| base | none | mmlu_pro | law |",
+                "| base | none | mmlu_pro | math |"):
+        assert row in text
+    assert "maj@2" in text and "## In domain and out of domain" in text
+    inside, outside = evals[evals["benchmark"] == "math500"], evals[evals["benchmark"] == "mmlu_pro"]
+    assert (f"| base | none | {inside['correct'].mean():.3f} | {inside['n_tokens'].mean():.1f} | "
+            f"{outside['correct'].mean():.3f} | {outside['n_tokens'].mean():.1f} |") in text
