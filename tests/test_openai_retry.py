@@ -235,3 +235,26 @@ def test_retry_after_and_backoff():
     waits = [policy.wait(k, None) for k in range(6)]
     assert all(2 ** k / 2 <= w <= 2 ** k for k, w in enumerate(waits[:4]))
     assert 5 <= waits[5] <= 10
+
+
+def test_eval_through_the_api_records_usage_and_logs_results(server, tiny_model_dir, tmp_path, capsys):
+    """`tops eval` on the API engine: the server's usage per model in the stage's record, the
+    results in <run>/logs/eval (TensorBoard)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    problems = tmp_path / "heldout.parquet"
+    _problems(["q0", "q1"]).to_parquet(problems)
+    out = tmp_path / "run" / "eval.parquet"
+    code, err = _cli(["eval", "--model", str(tiny_model_dir), "--label", "served", "--problems", str(problems),
+                      "--out", str(out), "--quiet", "--set", "engine.kind=openai", "--set", f"engine.base_url={server}",
+                      "--set", "engine.served_model=served", "--set", "engine.vllm_extensions=false",
+                      "--set", "eval.seeds=[0]", "--set", f"run.root={tmp_path}"], capsys)
+    assert code == 0, err
+    manifest = json.loads((out.parent / "manifest.json").read_text())
+    [record] = [r for r in manifest["stages"].values() if r.get("stage") == "eval"]
+    assert record["summary"]["api_usage"]["served"] == {"requests": 2, "retries": 0, "prompt_tokens": 22,
+                                                        "completion_tokens": 14, "total_tokens": 36}
+    events = EventAccumulator(str(tmp_path / "run" / "logs" / "eval"))
+    events.Reload()
+    [accuracy] = events.Scalars("eval/served/none/accuracy")
+    assert accuracy.value == 1.0  # the server answers \boxed{0}, the gold answer

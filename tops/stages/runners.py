@@ -349,7 +349,7 @@ def run_eval(cfg: TopsConfig, out: Path, models: list[str], train_problems: list
     problems = take_shard(read_artifact(problems_path, "problems") if problems_path is not None
                           else draw_problems(cfg, exclude=used, heldout=True), shard)
     resolved = [resolve_model(m) for m in models]  # every name checked before any engine starts
-    frames = []
+    frames, usage = [], {}
     with timed() as clock:
         for model, label in zip(resolved, labels or [default_label(m) for m in models], strict=True):
             engine = make_engine(model, cfg.engine)
@@ -359,6 +359,8 @@ def run_eval(cfg: TopsConfig, out: Path, models: list[str], train_problems: list
                                              _work_dir(out, shard), progress=progress,
                                              template_kwargs=cfg.efforts.template_kwargs, depth=cfg.generate.depth))
             finally:
+                if callable(getattr(engine, "usage", None)):  # an API engine: the server's token counts
+                    usage[label] = engine.usage()
                 engine.close()
         evals = pd.concat(frames, ignore_index=True)
         write_artifact(evals, out, "eval")
@@ -366,7 +368,7 @@ def run_eval(cfg: TopsConfig, out: Path, models: list[str], train_problems: list
                            maj_ks=cfg.eval.maj_k or None)
     flagged = contamination(problems, [q for u in used for q in u["question"]]) if used else []
     summary = {"models": models, "labels": labels or None, "problems": len(problems), "contaminated": len(flagged),
-               "device_share": device_share()}
+               "device_share": device_share(), **({"api_usage": usage} if usage else {})}
     inputs = {**({"problems": problems_path} if problems_path else {}),
               **{f"train_problems{i}": p for i, p in enumerate(train_problems)}}
     record_stage(out, "eval", config=stage("eval").config(cfg), inputs=inputs, rows=len(evals),
