@@ -258,3 +258,18 @@ def test_eval_through_the_api_records_usage_and_logs_results(server, tiny_model_
     events.Reload()
     [accuracy] = events.Scalars("eval/served/none/accuracy")
     assert accuracy.value == 1.0  # the server answers \boxed{0}, the gold answer
+
+
+@pytest.mark.parametrize(("answer", "message"), [
+    ({"choices": [{"index": 0, "message": {"content": 5}}]}, "message text is not a string"),
+    ({"choices": [{"index": 1, "message": {"content": "x"}}]}, r"choice indexes \[1\] are not 0..0"),
+    ({"choices": [{"index": 0}]}, "without a `message` object"),
+    ({"error": "x"}, "no `choices` list"),
+])
+def test_malformed_answers_are_named(answer, message):
+    from tops.engines.openai_engine import _exactly_n
+
+    with pytest.raises(ServiceError, match=message):
+        _exactly_n(answer, 1, "http://server/v1/chat/completions", "the request")
+    assert _exactly_n({"choices": [{"index": 1, "message": {"content": "b"}}, {"index": 0, "message": {"content": "a"}}]},
+                      2, "u", "w")[0]["message"]["content"] == "a"  # in index order

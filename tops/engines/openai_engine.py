@@ -153,6 +153,9 @@ def _exactly_n(answer: dict, n: int, url: str, what: str) -> list[dict]:
                            "exactly n per request (a server that ignores `n` cannot be used as is)")
     if not all(isinstance(c, dict) and isinstance(c.get("message"), dict) for c in choices):
         raise ServiceError(f"{url}: {what}: a choice without a `message` object")
+    texts = [c["message"].get(k) for c in choices for k in ("content", "reasoning_content", "reasoning")]
+    if not all(t is None or isinstance(t, str) for t in texts):
+        raise ServiceError(f"{url}: {what}: a choice whose message text is not a string")
     indexes = [c.get("index", i) for i, c in enumerate(choices)]
     if sorted(indexes, key=str) != sorted(range(n), key=str) or not all(type(i) is int for i in indexes):
         raise ServiceError(f"{url}: {what}: choice indexes {indexes[:8]} are not 0..{n - 1}, each once")
