@@ -101,7 +101,7 @@ def generate(config: ConfigOpt = None, sets: SetOpt = None,
 @app.command()
 def verify(in_path: InOpt, config: ConfigOpt = None, sets: SetOpt = None, out: OutOpt = None,
            quiet: QuietOpt = False):
-    """Extract and check every answer (math-verify + numeric fallback, per-item timeout)."""
+    """Extract and check every answer with verify.checker (math, exact, choice or an installed one; per-item timeout)."""
     from tops.stages import run_verify
 
     cfg = _config(config, sets)
