@@ -150,7 +150,8 @@ def load_table_problems(source, n: int, seed: int, exclude=frozenset(), prepare=
         "difficulty": raw[cols.difficulty].map(as_text).to_numpy() if cols.difficulty else None,
     })
     if "subject" in raw.columns:  # a benchmark preset's subject (per-subject eval rows)
-        problems["subject"] = [None if v is None or v != v else as_text(v) for v in raw["subject"]]  # v != v: NaN
+        problems["subject"] = [None if v is None or v != v or v == "" else as_text(v)  # v != v: NaN
+                               for v in raw["subject"]]
     repeated = problems["problem_id"].duplicated(keep=False)
     if cols.problem_id and repeated.any():  # the README promises exit 2: rows are never merged silently
         rows = [int(i) for i in problems.index[repeated][:2]]
