@@ -23,7 +23,7 @@ be linear in their input (the built-ins are); an exception there is that row's `
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache
 from importlib.metadata import entry_points
 
 from tops import answers
@@ -173,7 +173,7 @@ def check_name(name: str) -> str:
     return name
 
 
-@lru_cache(maxsize=None)
+@cache
 def get_checker(name: str) -> Checker:
     """The checker called `name`: a built-in, else the installed entry point of that name, which
     must load a tops.checkers.Checker subclass or instance."""

@@ -104,7 +104,8 @@ def write_report(run_dir: Path, evals: pd.DataFrame, selected: pd.DataFrame | No
     parts += [f"![accuracy vs tokens]({ACCURACY_PLOT})", ""]
     plot_budget_accuracy(evals, run_dir / BUDGET_PLOT, budgets)
     parts += [f"![accuracy within a token budget]({BUDGET_PLOT})", ""]
-    from tops.train.grpo_report import report_section  # GRPO models: tokens and accuracy per training step
+    # GRPO models: tokens and accuracy per training step
+    from tops.train.grpo_report import report_section
 
     parts += report_section(run_dir, model_order)
     if selected is not None and "policy" in selected.columns:
