@@ -88,3 +88,15 @@ def test_compare_reports_maj_at_k(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| m |"))
     cells = dict(zip(header.strip("| ").split(" | "), row.strip("| ").split(" | "), strict=True))
     assert cells["maj@3 (mean)"] == "1.000"
+
+
+def test_maj_k_config_is_checked_against_the_samples():
+    from pathlib import Path
+
+    from tops.config import load_config
+    from tops.errors import UserError
+
+    smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+    assert load_config(smoke, ["eval.seeds=[0, 1, 2]", "eval.maj_k=[1, 3]"]).eval.maj_k == [1, 3]
+    with pytest.raises(UserError, match=r"eval\.maj_k: k cannot exceed the 2 samples"):
+        load_config(smoke, ["eval.seeds=[0, 1]", "eval.maj_k=[3]"])
