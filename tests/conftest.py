@@ -39,9 +39,11 @@ def vllm_engine(tiny_model_dir, smoke_config):
     engine.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def harness():
-    """One Prefect test server per flow-test module (start-up is ~15 s on 2 cores)."""
+    """One Prefect test server for the whole session, started by the first test that needs it
+    (start-up is ~15 s on 2 cores, once instead of once per flow-test module). Tests read back
+    only their own flow runs and deployments (by id), so they share its database."""
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=180):

