@@ -14,18 +14,27 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import NamedTuple
 
-THINK_OPEN = "<think>"
-THINK_CLOSE = "</think>"
+from tops.thinking import answer_part
 
 # An extracted answer longer than this is not an answer anyone wrote by hand: it is not
 # normalised or checked (verify gives it status "error").
 MAX_ANSWER_CHARS = 2000
 
-_BOX_START = re.compile(r"\\(?:boxed|fbox)\s*\{")
+# The answer grammar, as pattern text: the extractor below compiles it, and the masking stage's
+# default answer patterns (BOXED_ANSWER_PATTERN, PHRASE_ANSWER_PATTERN) are built from it, so
+# masking and verification agree on where an answer is stated.
+BOX_COMMAND = r"\\(?:boxed|fbox)"
 # `\boxed 5` / `\boxed5`: TeX boxes the next token; models mean the number that follows.
 # Only a number or a single letter counts, on the same line: "use \boxed to mark" is no answer.
-_BOX_ANY = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])[ \t]*")
-_BARE_TOKEN = re.compile(r"[+-]?[\d.][^\s{}$\\]*|[A-Za-z](?![A-Za-z])")
+BARE_BOX = r"(?![A-Za-z])[ \t]*+"
+BARE_TOKEN = r"[+-]?[\d.][^\s{}$\\]*|[A-Za-z](?![A-Za-z])"
+# Answer markers: "The final answer is $5$", "Final Answer: 5", "the answer is: 5", "**Answer:** 5",
+# "#### 5", and a "**Final Answer**" heading with the answer on the next line (any case).
+ANSWER_MARKER = r"(?:\banswer\s*(?:is\b|:)|\bfinal\s+answer\b\**[^\S\n]*\n|####)[\s:*]*+"
+
+_BOX_START = re.compile(BOX_COMMAND + r"\s*\{")
+_BOX_ANY = re.compile(BOX_COMMAND + BARE_BOX)
+_BARE_TOKEN = re.compile(BARE_TOKEN)
 _OPEN_BRACE = re.compile(r"\s*\{")
 _BRACE_TOKENS = re.compile(r"\\.|[{}]", re.S)  # an escaped character, or a brace
 # What may stand between two boxes that together state one answer: "$\boxed{-2}$ and
@@ -35,10 +44,7 @@ _BOX_JOINER = re.compile(
     r"|\b[A-Za-z](?:_\{?\d+\}?)?\s*=)*")
 _MAX_JOINER_CHARS = 40
 
-# Answer markers: "The final answer is $5$", "Final Answer: 5", "the answer is: 5",
-# "**Answer:** 5", "#### 5", and a "**Final Answer**" heading with the answer on the next line.
-_ANSWER_PHRASE = re.compile(
-    r"(?:\banswer\s*(?:is\b|:)|\bfinal\s+answer\b\**[^\S\n]*\n|####)[\s:*]*", re.IGNORECASE)
+_ANSWER_PHRASE = re.compile(ANSWER_MARKER, re.IGNORECASE)
 _SENTENCE_END = re.compile(r"\.(?:\s|$)")
 # "$18" written as money (no closing `$` right after the number), not as math.
 _CURRENCY = re.compile(r"\\?\$\s?([+-]?\d[\d,]*+(?:\.\d+)?+)(?![\d$])")
@@ -49,15 +55,16 @@ _STARTS_LIKE_MATH = re.compile(r"[-+−\d.\\({\[$]|[A-Za-z](?![A-Za-z])(?!\s+[A-
 _MATH_SEGMENT = re.compile(r"\$([^$]+)\$|\\\((.{1,200}?)\\\)")
 _NUMBER_TOKEN = re.compile(r"[+-]?\d[\d,]*(?:\.\d+)?")
 
-# The same markers as regexes with a named group `answer`, for the masking stage, which finds
+# The same grammar as regexes with a named group `answer`, for the masking stage, which finds
 # every answer a response states (MaskConfig.answer_patterns), not only the final one. The box
-# reads up to three levels of nested braces; the phrase stops at the end of a short answer.
-# Possessive quantifiers (*+, ++) keep a long run of spaces from being rescanned (quadratic).
-BOXED_ANSWER_PATTERN = r"\\boxed\s*\{(?P<answer>(?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*)\}"
-# "the answer is 41", "Final Answer: $41$"; no (?i:...) as it defeats the regex engine's literal
-# prefix scan (5x slower).
-PHRASE_ANSWER_PATTERN = (r"[Aa]nswer(?:\s++(?:is|would\s++be|should\s++be)\s*+:?|\s*+:)\s*+"
-                         r"(?P<answer>\$[^$\n]{1,80}\$|-?[\d\\][\w\\^/.,{}()+\-]{0,60})")
+# reads up to three levels of nested braces (or the bare token after `\boxed`); after a marker
+# the answer is math, a number, else the sentence that names it. Possessive quantifiers (*+, ++)
+# keep a long run of spaces from being rescanned (quadratic).
+BOXED_ANSWER_PATTERN = (BOX_COMMAND + r"(?:\s*+\{(?P<answer>(?:[^{}]|\{(?:[^{}]|\{[^{}]*\})*\})*)\}"
+                        + "|" + BARE_BOX + "(?P<answer>" + BARE_TOKEN + "))")
+PHRASE_ANSWER_PATTERN = ("(?i:" + ANSWER_MARKER + ")"
+                         r"(?P<answer>\$[^$\n]{1,80}\$|-?[\d\\][\w\\^/.,{}()+\-]{0,60}"
+                         r"|\S[^\n]{0,119}?(?=\.(?:\s|$)|\n|$))")
 
 # Longest answer text the number parser looks at: keeps Fraction/int work bounded.
 _MAX_NUMBER_TEXT = 120
@@ -263,15 +270,25 @@ def extract_answer(response: str, answer_phrases: bool = True) -> str | None:
     whole reply inside the thinking). A block that never closes was cut off mid-thought, so a
     tentative answer inside it is not an answer.
     """
-    close = response.rfind(THINK_CLOSE)
-    if close >= 0:
-        after = response[close + len(THINK_CLOSE) :]
-        if after.strip():
-            return _answer_in(after, answer_phrases)
-        return _answer_in(response[:close], answer_phrases)
-    if THINK_OPEN in response:
+    part = answer_part(response)  # tops.thinking: after the last `</think>`
+    return None if part is None else _answer_in(part, answer_phrases)
+
+
+def final_answer_start(response: str) -> int | None:
+    """Where, in `response`, the statement extract_answer reads its answer from begins: its last
+    box (the last of boxes joined into one answer), else its last answer marker; None when it
+    reads no answer. (The masking stage must find an answer statement there too.)"""
+    part = answer_part(response)
+    if part is None or extract_answer(response) is None:
         return None
-    return _answer_in(response, answer_phrases)
+    offset = response.rfind(part)
+    boxes = [box for box in _boxes(part) if box[2].strip()]
+    if boxes:
+        return offset + boxes[-1][0]
+    last = None
+    for last in _ANSWER_PHRASE.finditer(part):  # noqa: B007 - the last one is wanted
+        pass
+    return offset + last.start()
 
 
 def gold_answer(answer: str) -> str:

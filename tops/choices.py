@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import re
 
-from tops.answers import THINK_CLOSE, THINK_OPEN, final_boxed
+from tops.answers import final_boxed
+from tops.thinking import answer_part
 
 LETTERS = "ABCDEFGHIJ"
 
@@ -89,13 +90,8 @@ def _choice_from(text: str) -> str | None:
 
 def extract_choice(response: str) -> str | None:
     """The option letter (A-J) a response's final answer picks, or None (no answer, or two)."""
-    close = response.rfind(THINK_CLOSE)
-    if close >= 0:
-        after = response[close + len(THINK_CLOSE) :]
-        return _choice_from(after if after.strip() else response[:close])
-    if THINK_OPEN in response:
-        return None  # cut off mid-thought
-    return _choice_from(response)
+    part = answer_part(response)  # tops.thinking: after the last `</think>`; None: cut off mid-thought
+    return None if part is None else _choice_from(part)
 
 
 def gold_choice(answer: str) -> str:

@@ -31,6 +31,7 @@ from tops.config import MaskConfig
 from tops.engines.base import Engine, Request
 from tops.errors import UserError
 from tops.segmentation import Matchers, Segmentation, matchers, segment, segment_with
+from tops.thinking import after_thinking
 
 __all__ = ["Segmentation", "answers_differ", "erroneous_spans", "judge_free_flags", "judge_request",
            "judged_flags", "mask_responses", "parse_judge_reply", "segment", "token_loss_mask"]
@@ -63,7 +64,6 @@ def judge_free_flags(seg: Segmentation, gold: str) -> list[bool]:
 
 
 _PLACEHOLDER = re.compile(r"\{(question|answer|steps)\}")
-_THINK_BLOCK = re.compile(r"^.*</think>", re.S)
 _STEP_NUMBER = re.compile(r"\bsteps?\s*(?:#|no\.?|number)?\s*:?\s*(-?\d+)", re.I)
 _BARE_NUMBERS = re.compile(r"^[\s\[(]*-?\d+(?:\s*(?:,|;|and)\s*-?\d+)*[\s\])\.]*$", re.I)
 _NONE_REPLY = re.compile(
@@ -78,7 +78,7 @@ def parse_judge_reply(reply: str) -> list[int] | None:
     Numbers not tied to the word "step" count only when the reply is nothing but numbers, so
     "Step 3 is wrong: 20 + 21 is 41" yields [3], not [3, 20, 21, 41].
     """
-    text = _THINK_BLOCK.sub("", reply or "").strip()
+    text = after_thinking(reply or "").strip()
     numbers = [int(n) for n in _STEP_NUMBER.findall(text)]
     if not numbers and _BARE_NUMBERS.match(text):
         numbers = [int(n) for n in re.findall(r"-?\d+", text)]

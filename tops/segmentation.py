@@ -112,7 +112,7 @@ def _times_out(pattern: regex.Pattern, text: str, timeout_s: float) -> bool:
     return False
 
 
-def _answer_events(text: str, m: Matchers) -> list[tuple[int, int, str]]:
+def answer_statements(text: str, m: Matchers) -> list[tuple[int, int, str]]:
     """(start, end, answer) of every answer statement, overlapping statements merged."""
     events = []
     try:
@@ -145,7 +145,7 @@ def segment_with(text: str, m: Matchers) -> Segmentation:
     """`segment` with the patterns compiled once (the stage segments every row with them)."""
     size = len(text)
     cuts = {hit.end() for hit in m.separator.finditer(text)}
-    events = _answer_events(text, m)
+    events = answer_statements(text, m)
     answer_cuts = [_ANSWER_TAIL.match(text, end).end() for _, end, _ in events]
     # The round of the last answer absorbs whatever trails it: it is the final round.
     last_cut = max(answer_cuts, default=0)

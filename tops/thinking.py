@@ -53,6 +53,23 @@ def join_reasoning(reasoning: str | None, content: str | None, finish_reason: st
     return f"{opening}{reasoning}{THINK_CLOSE}{content}"
 
 
+def answer_part(response: str) -> str | None:
+    """Where a response's final answer is read: the text after the last `</think>`; when nothing
+    follows a closed block, the block itself (the model put its whole reply in the thinking);
+    None when a block opened and never closed (cut off mid-thought); else the whole response."""
+    close = response.rfind(THINK_CLOSE)
+    if close >= 0:
+        after = response[close + len(THINK_CLOSE):]
+        return after if after.strip() else response[:close]
+    return None if THINK_OPEN in response else response
+
+
+def after_thinking(text: str) -> str:
+    """The text after the last `</think>` (all of it when there is none): a reply without its thought."""
+    close = text.rfind(THINK_CLOSE)
+    return text if close < 0 else text[close + len(THINK_CLOSE):]
+
+
 def without_open_tail(prompt: str, response: str) -> str:
     """The prompt to put a self-contained response after: when the prompt itself opens the
     thinking and the response starts with its own `<think>`, the prompt's opening is dropped so
