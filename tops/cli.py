@@ -227,7 +227,12 @@ def run_cmd(config: ConfigOpt = None, sets: SetOpt = None,
         from tops.flow.stage_loop import format_plan
         from tops.flow.pipeline import plan
 
+        from tops.flow.ray_cluster import describe_cluster
+
         cfg = _config(config, sets)
+        cluster = describe_cluster(cfg)  # flow.runner: ray with cluster.address: its nodes and GPUs first
+        if cluster:
+            typer.echo(cluster + "\n")
         typer.echo(format_plan(plan(cfg), cfg.run.dir))
         return
     _run_flow(config, sets)
@@ -284,6 +289,9 @@ def _run_flow(config: Path | None, sets: list[str] | None) -> dict:
     from tops.tracking import check_run
 
     check_run(_config(config, sets))  # fail fast, before Prefect starts (trackers included)
+    from tops.flow.orphans import watch
+
+    watch(os.getpid())  # killed with -9, the run's temporary Prefect server still stops (tops/flow/orphans.py)
     result = run(str(config) if config else None, list(sets or []))
     if result.get("nothing_new"):  # a later round with nothing to learn from changed nothing
         typer.echo(result["nothing_new"])
@@ -362,11 +370,21 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="tops")
     except UserError as exc:
-        print(f"error: {one_line(str(exc))}", file=sys.stderr)
+        _last_line(f"error: {one_line(str(exc))}")
         sys.exit(2)
     except ServiceError as exc:  # a server failed for good after its retries: not the input's fault
-        print(f"error: {one_line(str(exc))}", file=sys.stderr)
+        _last_line(f"error: {one_line(str(exc))}")
         sys.exit(1)
+
+
+def _last_line(line: str) -> None:
+    """The error line goes last on stderr: logging stops first, so what Prefect logs while it shuts
+    down (its temporary server, its event worker) cannot follow it."""
+    import logging
+
+    logging.disable(logging.CRITICAL)
+    sys.stderr.flush()
+    print(line, file=sys.stderr, flush=True)
 
 
 def one_line(message: str, limit: int = 1000) -> str:

@@ -21,6 +21,7 @@ from tops import layout as names
 from tops import rounds
 from tops.artifacts import read_artifact, write_artifact
 from tops.config import EFFORT_ORDER, TopsConfig, flow_problem_counts, load_config
+from tops.confine import no_links_out
 from tops.flow import campaign
 from tops.flow.stage_loop import ChildStage, Loop, PlanStep, Sharded
 from tops.flow.steps import (
@@ -116,9 +117,21 @@ def loop_stages(loop: Loop) -> dict:
     return campaign.finish_first_round(loop, latest, evals, report_path)
 
 
+def check_run_folder(cfg: TopsConfig) -> rounds.RoundPlan:
+    """What a run of the folder is, after the checks that come before any write: no link out of the
+    folder (tops/confine.py), valid round records whose paths stay inside it, the model a next
+    round starts from present. `tops run` calls this before Prefect starts too."""
+    run_dir = cfg.run.dir
+    no_links_out(run_dir)
+    plan = rounds.plan_round(run_dir, cfg)
+    if plan.number > 1 and not plan.nothing_new:
+        rounds.start_model(run_dir, plan)
+    return plan
+
+
 def run_loop(cfg: TopsConfig) -> dict:
     loop = Loop(cfg)
-    plan = rounds.plan_round(loop.dir, cfg)
+    plan = check_run_folder(cfg)
     if plan.nothing_new:  # a later round with nothing to learn from: say so, change nothing
         return campaign.nothing_new(loop, plan)
     loop.dir.mkdir(parents=True, exist_ok=True)
@@ -135,18 +148,15 @@ def tops_loop(config: str | None = None, overrides: list[str] | None = None) -> 
 
 
 def task_runner_for(cfg: TopsConfig):
+    """Prefect's tasks run in the flow's process on a thread pool, whatever `flow.runner` says:
+    a task is a thin wrapper (cache key, retries, logs) around a stage. Under `flow.runner: ray`
+    every heavy stage's child command is placed on the Ray cluster by tops.flow.ray_cluster with
+    its own resource requests; joining Ray here (in the main thread) makes a wrong
+    cluster.address an error before any work."""
     if cfg.flow.runner == "ray":
-        from prefect_ray import RayTaskRunner
+        from tops.flow.ray_cluster import connect
 
-        if cfg.flow.ray_address:
-            return RayTaskRunner(address=cfg.flow.ray_address)
-        # Workers report to this process's Prefect API instead of each starting its own server.
-        from prefect.settings import PREFECT_API_URL
-
-        env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "VLLM_CONFIGURE_LOGGING": "0"}
-        if PREFECT_API_URL.value():
-            env["PREFECT_API_URL"] = PREFECT_API_URL.value()
-        return RayTaskRunner(init_kwargs={"num_cpus": os.cpu_count() or 2, "runtime_env": {"env_vars": env}})
+        connect(cfg.cluster)
     from prefect.task_runners import ThreadPoolTaskRunner
 
     return ThreadPoolTaskRunner(max_workers=cfg.flow.generate_shards)  # evaluation lanes have their own
@@ -156,6 +166,7 @@ def run(config: str | None = None, overrides: list[str] | None = None) -> dict:
     """Validate the config first (exit 2 on error), then run the flow with its task runner."""
     cfg = load_config(config, overrides)
     flow_problem_counts(cfg)  # conflicting problem counts fail here, before Prefect starts
+    check_run_folder(cfg)  # so do tampered records and links out of the run folder
     return tops_loop.with_options(task_runner=task_runner_for(cfg))(
         config=str(config) if config else None, overrides=list(overrides or []))
 
@@ -164,7 +175,7 @@ def plan(cfg: TopsConfig) -> list[PlanStep]:
     """Every stage of a run of `cfg` in order, cached or to run; runs and writes nothing. A folder's
     later round plans that round (tops/flow/campaign.py)."""
     loop = Loop(cfg, planning=True)
-    round_plan = rounds.plan_round(loop.dir, cfg)
+    round_plan = check_run_folder(cfg)
     if round_plan.nothing_new:
         campaign.nothing_new(loop, round_plan)
     elif round_plan.number > 1:
