@@ -120,9 +120,8 @@ def shard_plan(engine, gpus: Sequence[str] | None = None, cpus: Sequence[int] | 
             raise UserError(f"engine.gpus is {engine.gpus} but this machine shows {len(available)} GPU(s)")
         available = (available[:engine.gpus] if engine.gpus <= len(available)
                      else [str(i) for i in range(engine.gpus)])
-    # The transformers engine runs on one GPU; an OpenAI-compatible server holds its own GPUs.
-    tp = engine.tensor_parallel_size if engine.kind == "vllm" else 1
-    if available and engine.kind != "openai":
+    tp = engine.gpus_per_engine  # 0: a remote engine, whose server holds its own GPUs
+    if available and not engine.remote:
         if len(available) < tp:
             raise UserError(f"engine.tensor_parallel_size is {tp} but only {len(available)} GPU(s) are available")
         fit = len(available) // tp

@@ -286,7 +286,7 @@ def sampling_estimate(shape: ModelShape, engine_cfg, gpu_bytes: float | None = N
     """Per-GPU memory of one engine process: weights over its tensor-parallel GPUs, runtime
     overhead, and the KV cache of one sequence at max_model_len (the least vLLM must hold)."""
     dtype_bytes = _DTYPE_BYTES.get(engine_cfg.dtype, _DTYPE_BYTES[shape.dtype])
-    tp = engine_cfg.tensor_parallel_size if engine_cfg.kind == "vllm" else 1
+    tp = max(engine_cfg.gpus_per_engine, 1)
     length = engine_cfg.max_model_len or 32768
     kv_token = shape.kv_bytes_per_token(dtype_bytes, tp)
     parts = {"weights": shape.params * dtype_bytes / tp, "runtime": SAMPLING_OVERHEAD_GIB * GIB}
@@ -334,7 +334,7 @@ def estimate_line(cfg, stage: str, *, train: bool = False, method: str = "sft", 
     if isinstance(shape, str):
         return shape, None
     engine = engine or cfg.engine
-    if not train and engine.kind == "openai":
+    if not train and engine.remote:
         return f"served by {engine.base_url}", None
     gpu_bytes = gpu_memory_bytes(engine) or gpu_memory_bytes(cfg.engine)
     estimate = (train_estimate(shape, cfg.train, method, gpu_bytes, stage) if train

@@ -75,6 +75,19 @@ class EngineConfig(Strict):
     # it to run several engine processes over the cores.
     data_parallel_size: int | None = Field(None, ge=1)
 
+    @property
+    def remote(self) -> bool:
+        """Served by another process (an OpenAI-compatible server holds its own GPUs)."""
+        return self.kind == "openai"
+
+    @property
+    def gpus_per_engine(self) -> int:
+        """GPUs one engine process of ours takes: vLLM's tensor-parallel group; the transformers
+        engine runs on one GPU; a remote engine none (tops.gpus, tops.memory, the Ray placement)."""
+        if self.remote:
+            return 0
+        return self.tensor_parallel_size if self.kind == "vllm" else 1
+
     @model_validator(mode="after")
     def _openai_needs_url(self) -> EngineConfig:
         if self.kind == "openai" and not self.base_url:
