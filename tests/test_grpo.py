@@ -161,7 +161,7 @@ def test_two_processes_gather_whole_groups_and_hold_the_same_targets(format_mode
     done = subprocess.run([sys.executable, "-m", "tops.cli", "train", "grpo", "--problems", str(problems),
                            "--base", str(format_model), "--out", str(out), "--config", str(config)],
                           capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["num_processes"] == 2 and summary["steps"] == 2
     first, second = summary["targets_by_process"]
