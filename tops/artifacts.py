@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from tops.confine import open_no_follow
 from tops.errors import UserError
+from tops.layout import MANIFEST
 
 STRING = pa.string()
 INT = pa.int64()
@@ -389,7 +390,7 @@ def output_lock(out: str | Path) -> Iterator[None]:
 
 
 def _acquire(lock: Path) -> int:
-    for sibling in ("manifest.json", ".manifest.json.lock"):  # written after the output: refused before it
+    for sibling in (MANIFEST, f".{MANIFEST}.lock"):  # written after the output: refused before it
         if (lock.parent / sibling).is_symlink():
             raise UserError(f"{lock.parent / sibling}: is a link; refusing to write through it")
     lock.parent.mkdir(parents=True, exist_ok=True)
@@ -442,7 +443,7 @@ def record_stage(
 ) -> Path:
     """Add one stage's record to `manifest.json` in the output's folder (the run folder)."""
     out = Path(out)
-    manifest_path = out.parent / "manifest.json"
+    manifest_path = out.parent / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"stages": {}}
     manifest.setdefault("stages", {})
     manifest["versions"] = package_versions()

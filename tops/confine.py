@@ -13,12 +13,10 @@ import os
 from pathlib import Path
 
 from tops.errors import UserError, quote
+from tops.layout import TOP_LEVEL
 
 # Names a run writes at the top of its folder (tops.layout), checked for links out before a run.
-_TOP = ("config.yaml", "lineage.json", "report.md", "eval.parquet", "rounds.json", "rounds", "stages", ".cache",
-        "problems", "models", "exports", "accuracy_vs_tokens.png", "effort_shares.png", "accuracy_vs_budget.png",
-        "rounds.png", "seed.parquet", "samples.parquet", "verified.parquet", "selected.parquet", "masked.parquet",
-        "masked_random.parquet")
+_TOP = TOP_LEVEL  # tops.layout: every top-level name a run writes
 
 
 def _within(path: Path, root: Path) -> bool:

@@ -40,6 +40,7 @@ SELECTED = "selected.parquet"
 MASKED = "masked.parquet"
 MASKED_RANDOM = "masked_random.parquet"
 PAIRS = "pairs.parquet"
+RUNS_ROOT = "data/runs"  # where run folders go by default (run.root), and where names are looked up
 STAGES = "stages"
 CACHE = ".cache"
 MANIFEST = "manifest.json"
@@ -48,7 +49,13 @@ ROUNDS = "rounds.json"
 ROUNDS_LEDGER = "rounds/problems.parquet"
 ROUNDS_PLOT = "rounds.png"
 EXPORTS = "exports"
+PROBLEMS_DIR = "problems"
+MODELS_DIR = "models"
 LOGS = "logs"  # `tensorboard --logdir <run>/logs`
+# Everything a run writes at its top level (besides iter<k>/): what tops.confine checks.
+TOP_LEVEL = (CONFIG, LINEAGE, REPORT, EVAL, ROUNDS, ROUNDS_LEDGER.split("/")[0], STAGES, CACHE, PROBLEMS_DIR,
+             MODELS_DIR, EXPORTS, ACCURACY_PLOT, SHARES_PLOT, BUDGET_PLOT, ROUNDS_PLOT, SEED, SAMPLES, VERIFIED,
+             SELECTED, MASKED, MASKED_RANDOM)
 # Inside a trained model's folder (tops/train/common.py writes it).
 TRAIN_SUMMARY = "train_summary.json"
 
@@ -64,11 +71,11 @@ def iteration(k: int) -> str:
 
 
 def problems(split: str) -> str:
-    return f"problems/{split}.parquet"
+    return f"{PROBLEMS_DIR}/{split}.parquet"
 
 
 def model(label: str) -> str:
-    return f"models/{label}"
+    return f"{MODELS_DIR}/{label}"
 
 
 def export_round(k: int) -> str:

@@ -8,11 +8,12 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from tops.config.base import Strict
+from tops.layout import RUNS_ROOT
 
 
 class RunConfig(Strict):
     name: str = "demo"
-    root: Path = Path("data/runs")
+    root: Path = Path(RUNS_ROOT)
     seed: int = 0
 
     @field_validator("name")

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from tops import layout
 from tops.hub.collect import INTERNAL_DIRS, ExportPlan, split_order
 
 DEFAULT_LICENSE = "apache-2.0"
@@ -86,11 +87,11 @@ def _manifests(plan: ExportPlan) -> dict[str, dict]:
     folders = sorted({""} | {p.as_posix() for p in parents if p != PurePosixPath(".")}, key=split_order)
     out = {}
     for folder in [*folders, *INTERNAL_DIRS]:
-        stages = _read_json(plan.run_dir / folder / "manifest.json").get("stages")
+        stages = _read_json(plan.run_dir / folder / layout.MANIFEST).get("stages")
         if not isinstance(stages, dict):
             continue
         if folder in INTERNAL_DIRS:
-            lineage = _read_json(plan.run_dir / "lineage.json")
+            lineage = _read_json(plan.run_dir / layout.LINEAGE)
             published = {PurePosixPath(str(v)).name for v in lineage.values()}
             if published:
                 stages = {k: v for k, v in stages.items()
@@ -354,7 +355,7 @@ def _card_body(plan: ExportPlan, dicts: dict[str, Any], facts: dict[str, dict], 
     if "sft" in dicts:
         masked = any(a.kind == "masked" for a in plan.configs["sft"].values())
         main = next(iter(plan.configs["sft"].values()))
-        lineage = _read_json(plan.run_dir / "lineage.json")
+        lineage = _read_json(plan.run_dir / layout.LINEAGE)
         outputs = {main.path.name, PurePosixPath(str(lineage.get(main.rel, ""))).name}
         lines += _section_sft(dicts["sft"], masked, manifests, outputs)
     if "dpo" in dicts:

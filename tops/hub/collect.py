@@ -34,7 +34,7 @@ MAIN_SPLIT = "train"  # the top-level file's split; "test" for eval records
 INTERNAL_DIRS = ("stages", "problems", "models", layout.EXPORTS)  # stage cache, problem splits, model folders,
 # the export stage's per-round folders
 MAX_SHARD_BYTES = 500 << 20  # as DatasetDict.push_to_hub: in-memory Arrow bytes per shard
-DEFAULT_RUNS_ROOT = Path("data/runs")
+DEFAULT_RUNS_ROOT = Path(layout.RUNS_ROOT)
 
 
 # ---------------------------------------------------------------- discovery

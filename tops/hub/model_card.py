@@ -92,7 +92,7 @@ def _card_data(path: Path) -> dict:
 
 def _train_settings(model_dir: Path, config: dict) -> tuple[dict, list[list[Any]]]:
     """(train summary, rows of the settings table)."""
-    summary = _read_json(model_dir / "train_summary.json")
+    summary = _read_json(model_dir / layout.TRAIN_SUMMARY)
     stage_config = layout.RunLayout.stage_config(Path(os.path.realpath(model_dir)))
     try:
         stage = yaml.safe_load(stage_config.read_text(encoding="utf-8")) if stage_config.is_file() else None

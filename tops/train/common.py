@@ -29,6 +29,7 @@ from tops.artifacts import atomic_write_table, atomic_write_text, fingerprint
 from tops.config import TrainConfig
 from tops.errors import EXIT_OUT_OF_MEMORY, UserError
 from tops.launch import Command, in_launched_process, launch
+from tops.layout import TRAIN_SUMMARY
 from tops.models import COMPLETE_MARKER
 from tops.train.kernels import TrainSetup
 from tops.train.nodes import cluster_summary
@@ -273,7 +274,7 @@ def open_out_dir(out_dir: Path, key: str) -> dict | None:
             raise UserError(f"{out_dir}: holds a training run with other data or settings "
                             f"(run key {previous}, this one {key}); use another --out or delete it")
         if (out_dir / COMPLETE_MARKER).exists():
-            return json.loads((out_dir / "train_summary.json").read_text())
+            return json.loads((out_dir / TRAIN_SUMMARY).read_text())
         return None
     if is_main_process():  # the other ranks would race with the key file written here
         if out_dir.exists() and any(out_dir.iterdir()):
@@ -405,12 +406,12 @@ def finish(trainer, out_dir: Path, summary: dict, keep_checkpoints: bool = False
     Then the checkpoints go (unless kept): once the marker exists nothing resumes from them.
     The main process writes; every process returns the written summary."""
     if trainer.accelerator.is_main_process:
-        atomic_write_text(json.dumps(summary, indent=2, default=str), out_dir / "train_summary.json")
+        atomic_write_text(json.dumps(summary, indent=2, default=str), out_dir / TRAIN_SUMMARY)
         atomic_write_text(time.strftime("%Y-%m-%dT%H:%M:%S") + "\n", out_dir / COMPLETE_MARKER)
         if not keep_checkpoints:
             prune_checkpoints(out_dir)
     trainer.accelerator.wait_for_everyone()
-    return json.loads((out_dir / "train_summary.json").read_text())
+    return json.loads((out_dir / TRAIN_SUMMARY).read_text())
 
 
 def train_and_save(trainer, *, base_model: str | Path, out_dir: Path, tokenizer,

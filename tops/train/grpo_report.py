@@ -62,11 +62,11 @@ def plot_training(summary: dict, path: Path, title: str = "") -> Path | None:
 def report_section(run_dir: Path, labels: list[str]) -> list[str]:
     """The report's lines on the run's GRPO models: rollout tokens and accuracy over the training
     steps (a plot each) and LASER-D's last targets; nothing when the run trained none."""
-    from tops.layout import RunLayout
+    from tops.layout import TRAIN_SUMMARY, RunLayout
 
     layout, rows, plots = RunLayout(run_dir), [], []
     for label in labels:
-        path = layout.model(label) / "train_summary.json"
+        path = layout.model(label) / TRAIN_SUMMARY
         summary = json.loads(path.read_text()) if path.exists() else {}
         if summary.get("kind") != "grpo":
             continue
