@@ -128,3 +128,22 @@ def test_a_stage_refuses_a_lock_or_manifest_that_is_a_link(tmp_path, monkeypatch
     assert exc.value.code == 2 and err[-1].startswith("error: ") and "is a link" in err[-1], err
     assert victim.read_text() == "keep me\n"
     assert sorted(p.name for p in out.iterdir()) == [link]  # nothing written
+
+
+def test_publishing_never_deletes_before_the_replacement_exists(tmp_path):
+    from tops.flow.stage_loop import Loop
+    from tops.flow.tasks import StageFailed
+
+    loop = Loop(load_config(SMOKE, [f"run.root={tmp_path}", "run.name=pub"]))
+    first = loop.dir / "stages" / "problems-seed-a.parquet"
+    first.parent.mkdir(parents=True)
+    first.write_bytes(b"first")
+    loop.publish("problems/seed.parquet", str(first))
+    published = loop.dir / "problems" / "seed.parquet"
+    with pytest.raises(StageFailed, match="missing"):
+        loop.publish("problems/seed.parquet", str(loop.dir / "stages" / "problems-seed-gone.parquet"))
+    assert published.read_bytes() == b"first"  # still there
+    second = first.with_name("problems-seed-b.parquet")
+    second.write_bytes(b"second")
+    loop.publish("problems/seed.parquet", str(second))
+    assert published.read_bytes() == b"second" and not list(published.parent.glob(".*"))

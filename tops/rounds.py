@@ -114,7 +114,8 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _rel(path: str | Path, run_dir: Path) -> str:
+def relative(path: str | Path, run_dir: Path) -> str:
+    """A path as a record keeps it: relative to the run folder when inside (the folder may be renamed)."""
     path = Path(path)
     try:
         return path.resolve().relative_to(run_dir.resolve()).as_posix()
@@ -306,7 +307,7 @@ def start_round(run_dir: str | Path, plan: RoundPlan, method: str) -> Path:
     if not plan.resumed:
         write_artifact(plan.problems, path, "problems")
         _put(run_dir, Round(number=plan.number, parent=plan.parent.number, status="running",
-                            iteration=plan.iteration, model_label=plan.label, problems={"train": _rel(path, run_dir)},
+                            iteration=plan.iteration, model_label=plan.label, problems={"train": relative(path, run_dir)},
                             start_model=plan.parent.model, method=method, new_rows=plan.new_rows,
                             started_at=_now()))
     # After the record (a ledger row without its round's record is ignored), again on a resume.
@@ -323,7 +324,7 @@ def record_first_round(run_dir: str | Path, problems: dict[str, str], base_model
     ids[SEEN] = list(source_ids or [])
     record = Round(number=1, parent=None, status="running", iteration=iterations,
                    model_label=layout.iteration(iterations) if iterations else layout.TOPS,
-                   problems={role: _rel(path, run_dir) for role, path in problems.items()},
+                   problems={role: relative(path, run_dir) for role, path in problems.items()},
                    start_model=base_model, method=method, started_at=_now())
     _put(run_dir, record)
     _add_to_ledger(run_dir, 1, ids)
@@ -344,7 +345,7 @@ def finish_round(run_dir: str | Path, number: int, model: str, evals: pd.DataFra
     run_dir = Path(run_dir)
     record = next(r for r in load_rounds(run_dir) if r.number == number)
     record.accuracy, record.mean_tokens, record.eval_rows = round_metrics(evals, record.model_label)
-    record.model = _rel(model, run_dir)
+    record.model = relative(model, run_dir)
     record.status, record.finished_at, record.notes = "finished", _now(), list(notes or [])
     _put(run_dir, record)
     return record

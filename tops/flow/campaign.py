@@ -71,9 +71,18 @@ def continue_round(loop, plan: rounds.RoundPlan) -> dict:
     report_path = report(loop, evals, list(dict.fromkeys(evals["model"])), str(loop.layout.published(names.SELECTED)),
                      eval_problems, used)
     lineage_file = loop.layout.lineage
-    lineage = {**(json.loads(lineage_file.read_text()) if lineage_file.exists() else {}), **loop.lineage}
-    lineage_file.write_text(json.dumps(lineage, indent=2))
+    recorded = json.loads(lineage_file.read_text()) if lineage_file.exists() else {}
+    lineage = {**{name: str(loop.dir / path) for name, path in recorded.items()}, **loop.lineage}
+    save_lineage(loop, lineage)
     return finish(loop, record, report_path, lineage)
+
+
+def save_lineage(loop, lineage: dict[str, str]) -> None:
+    """lineage.json, its paths relative to the run folder (a renamed folder keeps it right)."""
+    from tops.artifacts import atomic_write_text
+
+    atomic_write_text(json.dumps({name: rounds.relative(path, loop.dir) for name, path in lineage.items()},
+                                 indent=2), loop.layout.lineage)
 
 
 def finish_first_round(loop, latest: str, evals: pd.DataFrame, report: Path) -> dict:

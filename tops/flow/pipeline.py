@@ -10,7 +10,6 @@ processes. `plan()` walks the same loop without running anything (`tops run --dr
 
 from __future__ import annotations
 
-import json
 import os
 
 import pandas as pd
@@ -113,7 +112,7 @@ def loop_stages(loop: Loop) -> dict:
 
     # 10. report, then the round's end: the history of rounds, the export stage (tops/flow/campaign.py)
     report_path = report(loop, evals, list(models), selected, eval_problems, used)
-    loop.layout.lineage.write_text(json.dumps(loop.lineage, indent=2))
+    campaign.save_lineage(loop, loop.lineage)
     return campaign.finish_first_round(loop, latest, evals, report_path)
 
 
