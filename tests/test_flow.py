@@ -348,9 +348,10 @@ def test_bad_config_fails_before_any_work(tmp_path):
 
 
 def test_ray_runner_maps_generation_shards(harness, tmp_path, tiny_model_dir):
-    """Distributed sampling: shards mapped over prefect-ray's RayTaskRunner on a local Ray. The
-    evaluation lanes (flow.concurrent_evals: 2) are shares of the flow's own node: they run on a
-    thread pool of their own there, pinned to this node's cores, under the Ray runner too."""
+    """Distributed sampling: shards mapped over the flow's task runner, each child placed by Ray
+    (tops/flow/ray_cluster.py) on a fresh local Ray of the run's own. The evaluation lanes
+    (flow.concurrent_evals: 2) are shares of the flow's own node: a local Ray is this node, so
+    they keep their cores under the Ray runner too."""
     from prefect import flow
 
     from tops.flow.stage_loop import Loop
@@ -364,7 +365,7 @@ def test_ray_runner_maps_generation_shards(harness, tmp_path, tiny_model_dir):
                                         "generate.n_samples=1", "eval.n_problems=3", "eval.seeds=[0]"))
     assert cfg.flow.concurrent_evals == 2
     runner = task_runner_for(cfg)
-    assert runner.__class__.__name__ == "RayTaskRunner"
+    assert runner.__class__.__name__ == "ThreadPoolTaskRunner"  # Prefect's wrappers; Ray places the children
 
     @flow(task_runner=runner)
     def sample_and_evaluate():

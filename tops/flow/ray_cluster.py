@@ -51,6 +51,7 @@ def connect(cluster) -> None:
     with _connect_lock:
         if ray.is_initialized():
             return
+        _reachable(cluster.address)
         try:
             if cluster.address is None:
                 ray.init(address="local", num_cpus=cluster.num_cpus or os.cpu_count() or 1,
@@ -63,6 +64,19 @@ def connect(cluster) -> None:
             where = cluster.address or "a local Ray"
             raise UserError(f"cluster.address: cannot connect to {where}: "
                             f"{str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}") from None
+
+
+def _reachable(address: str | None, timeout_s: float = 5.0) -> None:
+    """A head that does not answer is one line at once (Ray itself retries for minutes)."""
+    import socket
+
+    if address is None or address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cluster.address: cannot connect to {address}: {exc.strerror or exc}") from None
 
 
 @dataclass(frozen=True)
@@ -161,8 +175,10 @@ def place(cfg, kind: str, commands: Sequence[Command], log: Callable[[str, str],
     if cfg.flow.runner != "ray":
         return launch(commands, log)
     connect(cfg.cluster)
-    # A share of the flow's node (core or GPU ids) means nothing elsewhere: Ray assigns devices.
-    commands = [Command(c.argv, c.name, {k: v for k, v in c.env.items() if k not in _DEVICE_SHARE}) for c in commands]
+    # Ray assigns GPUs (CUDA_VISIBLE_DEVICES in its worker). A share of the flow's node's cores means
+    # nothing on another node; a local Ray of our own is this node, so lanes keep their cores there.
+    dropped = _DEVICE_SHARE if cfg.cluster.address is not None else {"CUDA_VISIBLE_DEVICES"}
+    commands = [Command(c.argv, c.name, {k: v for k, v in c.env.items() if k not in dropped}) for c in commands]
     if kind == "train" and cfg.train.num_machines > 1:
         [command] = commands
         return [_train_across_nodes(cfg, command, log)]
