@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from tops.artifacts import ShardedOutput, fingerprint, output_lock
+from tops.artifacts import MAX_TEXT_CHARS, ShardedOutput, fingerprint, output_lock
 from tops.config import GenerateConfig, SamplingConfig
 from tops.depth import generate_with_depth
 from tops.engines import Engine, Request
@@ -48,13 +48,16 @@ def _shard_rows(problems: pd.DataFrame, requests: list[Request], completions, mo
     for request, samples in zip(requests, completions, strict=True):
         base = records[request.meta["row"]]
         for idx, completion in enumerate(samples):
+            # Cut at the limit every artifact reader applies (tops.artifacts), so what generate
+            # writes its own readers accept; a cut response counts as cut by length.
+            cut = len(completion.text) > MAX_TEXT_CHARS
             rows.append({
                 **base,
                 "effort": request.meta["effort"],
                 "sample_idx": idx,
-                "response": completion.text,
+                "response": completion.text[:MAX_TEXT_CHARS],
                 "n_tokens": completion.n_tokens,
-                "finish_reason": completion.finish_reason,
+                "finish_reason": "length" if cut else completion.finish_reason,
                 "depth_control": completion.depth_control,
                 "n_injected": completion.n_injected,
                 "injected": json.dumps(list(completion.injected)),  # JSON list of the appended strings
