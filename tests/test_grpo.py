@@ -168,3 +168,28 @@ def test_two_processes_gather_whole_groups_and_hold_the_same_targets(format_mode
     assert [t["step"] for t in first] == [0, 1] and first == second
     assert all(t["monitor_rollouts"] == 16 for t in first)  # 4 problems x 4 rollouts, gathered from both
     assert summary["group_sizes_by_process"] == [[4], [4]]
+
+
+def test_smoke_flow_with_grpo_iteration(harness, tiny_model_dir, tmp_path):
+    """`flow.iter_method: grpo` end to end on the smoke profile (no random baseline, one seed of
+    evaluation to keep it short): iteration 1 is GRPO from the TOPS model on its problems, with
+    no sampling stage before it, evaluated with the others, in the report and the rounds."""
+    from tops.artifacts import read_artifact
+    from tops.flow.pipeline import tops_loop
+
+    state = tops_loop(config=str(REPO / "configs" / "smoke.yaml"), return_state=True, overrides=[
+        f"run.root={tmp_path}", f"model.base={tiny_model_dir}", "flow.iter_method=grpo",
+        "flow.random_baseline=false", "eval.seeds=[0]"])
+    assert state.is_completed(), state.message
+    run_dir = Path(state.result()["run_dir"])
+    summary = json.loads((run_dir / "models" / "iter1" / "train_summary.json").read_text())
+    assert summary["kind"] == "grpo" and summary["reward"] == "laser-d" and summary["steps"] == 2
+    assert summary["base_model"].endswith(os.readlink(run_dir / "models" / "tops").split("/")[-1])
+    assert [t["step"] for t in summary["targets"]] == [0]
+    assert not (run_dir / "iter1" / "verified.parquet").exists()  # GRPO samples its own rollouts
+    evals = read_artifact(run_dir / "eval.parquet", "eval")
+    assert "iter1" in set(evals["model"])
+    report = (run_dir / "report.md").read_text()
+    assert "Reinforcement learning (GRPO" in report and (run_dir / "grpo_iter1.png").exists()
+    rounds = json.loads((run_dir / "rounds.json").read_text())
+    assert rounds[0]["method"] == "grpo"

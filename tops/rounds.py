@@ -56,7 +56,7 @@ class Round(Strict):
     model_label: str = Field(pattern=LABEL)  # label of its latest model in eval rows and under models/
     problems: dict[str, str]  # role -> problems artifact (relative to the run folder)
     start_model: str | None = None  # the model this round trained from (round 1: the base model)
-    method: Literal["sft", "dpo"] | None = None
+    method: Literal["sft", "dpo", "grpo"] | None = None
     new_rows: StrictInt | None = Field(default=None, ge=0)  # rows a growing source gained (None: drawn)
     model: str | None = None  # latest model after the round (content-addressed folder)
     accuracy: float | None = Field(default=None, ge=0, le=1)  # held-out accuracy of `model`
