@@ -31,6 +31,7 @@ from pathlib import Path
 import yaml
 
 GIB = 1024 ** 3
+SHIPPED_CONFIGS = Path(__file__).parent / "model_configs"  # <org>/<name>/config.json of Hub models
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # vLLM's CUDA graphs, sampler and activation peak on top of weights and KV cache: a rough allowance.
 SAMPLING_OVERHEAD_GIB = 2.0
@@ -113,7 +114,8 @@ class ModelShape:
 
 def load_shape(model: str) -> ModelShape:
     """The shape of a model folder or Hub id from its config.json only (a Hub id reads the
-    cached file or downloads that one small file). ValueError when it cannot be found."""
+    cached file, else the one shipped in tops/model_configs, else downloads that one small
+    file). ValueError when it cannot be found."""
     path = Path(model).expanduser()
     config_path = path / "config.json"
     if not config_path.exists():
@@ -121,7 +123,9 @@ def load_shape(model: str) -> ModelShape:
             from huggingface_hub import try_to_load_from_cache
 
             cached = try_to_load_from_cache(model, "config.json")
-            config_path = Path(cached) if isinstance(cached, str) else Path(_download_quietly(model))
+            shipped = SHIPPED_CONFIGS / model / "config.json"  # the models our configs name (offline plans)
+            config_path = (Path(cached) if isinstance(cached, str) else shipped if shipped.is_file()
+                           else Path(_download_quietly(model)))
         except Exception as exc:
             raise ValueError(f"no config.json for '{model}' ({exc.__class__.__name__})") from None
     return ModelShape.from_config(json.loads(config_path.read_text()))
