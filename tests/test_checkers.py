@@ -25,11 +25,11 @@ PACKAGE = Path(__file__).resolve().parent / "checker_pkg"
 @pytest.fixture(scope="module", autouse=True)
 def lastword_installed():
     """`make setup` installs tests/checker_pkg; a bare `pytest` on a fresh venv installs it here."""
-    if "lastword" not in registered():
+    if not {"lastword", "stall"} <= set(registered()):
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-e", str(PACKAGE)], check=True)
         sys.path.insert(0, str(PACKAGE))  # the editable finder is read at interpreter start
         get_checker.cache_clear()
-    assert "lastword" in registered()
+    assert {"lastword", "stall"} <= set(registered())
 
 
 def _samples(rows: list[tuple[str, str, str, str, int]]) -> pd.DataFrame:
@@ -83,6 +83,18 @@ def test_builtins_under_one_contract():
     mixed = pd.concat([exact.iloc[[2]], choice.iloc[[0]]], ignore_index=True)
     out, summary = verify_samples(mixed, cfg, progress=False, row_checkers=["math", "choice"])
     assert out["correct"].tolist() == [True, True] and summary["checkers"] == {"math": 1, "choice": 1}
+
+
+def test_an_installed_checker_gets_the_per_row_deadline():
+    """The contract's time bound: a checker that hangs on one row is killed there (timeout), one
+    that raises gives error, and the other rows are judged."""
+    rows = [("s1", "12", "none", "it is even", 3), ("s1", "12", "none", "it is forever", 3),
+            ("s1", "12", "none", "boom", 3), ("s2", "7", "none", "odd", 3)]
+    out, summary = verify_samples(_samples(rows), VerifyConfig(checker="stall", workers=1, timeout_s=8),
+                                  progress=False)
+    assert out["verify_status"].tolist() == ["ok", "timeout", "error", "ok"]
+    assert out["correct"].tolist() == [True, False, False, True]
+    assert summary["timeout"] == 1 and summary["error"] == 1
 
 
 # p1, gold "12" (2 characters, even): lastword judges the last word by the parity of its length.

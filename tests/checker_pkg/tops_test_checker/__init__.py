@@ -2,7 +2,8 @@
 `tops.checkers`: the answer is a response's last word, and it is right when its length has the
 parity of the gold answer's. Nothing a real user wants, everything a test can tell apart from
 the built-ins: it answers on text the `math` checker finds no answer in, and its verdicts come
-from a worker process (`quick` decides nothing)."""
+from a worker process (`quick` decides nothing). `stall` is lastword that never returns on the
+answer "forever" (the per-row deadline's case) and raises on "boom"."""
 
 from __future__ import annotations
 
@@ -24,3 +25,14 @@ class LastWordChecker(Checker):
 
     def vote_key(self, pred: str) -> str:
         return pred.lower()
+
+
+class StallChecker(LastWordChecker):
+    name = "stall"
+
+    def equal(self, gold: str, pred: str) -> bool:
+        if pred == "boom":
+            raise RuntimeError("this checker cannot judge 'boom'")
+        while pred == "forever":  # a checker that hangs: only killing its process stops it
+            pass
+        return super().equal(gold, pred)
