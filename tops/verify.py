@@ -210,6 +210,9 @@ def verify_samples(df: pd.DataFrame, cfg: VerifyConfig, progress: bool = True,
             if pred is None:
                 record(position, False, "no_answer")
                 continue
+            if not isinstance(pred, str):  # the contract: text or None
+                preds[position] = None
+                raise TypeError(f"checker {name} extracted a {type(pred).__name__}")
             if (name, answer) not in gold_of:
                 gold_of[name, answer] = None  # stays None when the checker cannot read it
                 gold_of[name, answer] = checker.gold(answer)
