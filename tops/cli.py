@@ -98,16 +98,23 @@ def generate(config: ConfigOpt = None, sets: SetOpt = None,
     typer.echo(str(path))
 
 
+def _light(stage: str, inputs: dict[str, Path | None], config: Path | None, sets: list[str] | None,
+           out: Path | None, **options) -> None:
+    """A light stage from the command line; its description (tops.stages.catalog) names its output."""
+    from tops.stages import run_light
+    from tops.stages import stage as describe
+
+    cfg = _config(config, sets)
+    path = _out(cfg, out, describe(stage).output)
+    run_light(stage, cfg, path, inputs, **options)
+    typer.echo(str(path))
+
+
 @app.command()
 def verify(in_path: InOpt, config: ConfigOpt = None, sets: SetOpt = None, out: OutOpt = None,
            quiet: QuietOpt = False):
     """Extract and check every answer with verify.checker (math, exact, choice or an installed one; per-item timeout)."""
-    from tops.stages import run_verify
-
-    cfg = _config(config, sets)
-    path = _out(cfg, out, "verified")
-    run_verify(cfg, in_path, path, progress=not quiet)
-    typer.echo(str(path))
+    _light("verify", {"samples": in_path}, config, sets, out, progress=not quiet)
 
 
 @app.command()
@@ -115,36 +122,21 @@ def select(in_path: InOpt, config: ConfigOpt = None, sets: SetOpt = None, out: O
            policy: Annotated[str | None, typer.Option(help="shortest | random | laser-d")] = None,
            seed_data: Annotated[Path | None, typer.Option(help="Seed samples whose low-effort rows are appended.")] = None):
     """Keep one correct response per problem (TOPS: the shortest)."""
-    from tops.stages import run_select
-
     sets = list(sets or []) + ([f"select.policy={policy}"] if policy else [])
-    cfg = _config(config, sets)
-    path = _out(cfg, out, "selected")
-    run_select(cfg, in_path, path, seed_path=seed_data)
-    typer.echo(str(path))
+    _light("select", {"verified": in_path, "seed": seed_data}, config, sets, out)
 
 
 @app.command()
 def pairs(in_path: InOpt, config: ConfigOpt = None, sets: SetOpt = None, out: OutOpt = None):
     """DPO pairs: shortest correct vs longest incorrect (+ shorter-incorrect pairs)."""
-    from tops.stages import run_pairs
-
-    cfg = _config(config, sets)
-    path = _out(cfg, out, "pairs")
-    run_pairs(cfg, in_path, path)
-    typer.echo(str(path))
+    _light("pairs", {"verified": in_path}, config, sets, out)
 
 
 @app.command()
 def mask(in_path: InOpt, config: ConfigOpt = None, sets: SetOpt = None, out: OutOpt = None,
          quiet: QuietOpt = False):
     """Find erroneous reasoning rounds and store them as character spans to keep out of the loss."""
-    from tops.stages import run_mask
-
-    cfg = _config(config, sets)
-    path = _out(cfg, out, "masked")
-    run_mask(cfg, in_path, path, progress=not quiet)
-    typer.echo(str(path))
+    _light("mask", {"selected": in_path}, config, sets, out, progress=not quiet)
 
 
 def _train_command(method: str) -> None:
@@ -224,10 +216,9 @@ def run_cmd(config: ConfigOpt = None, sets: SetOpt = None,
                                                                     "its command and processes); run nothing.")] = False):
     """Run the whole TOPS loop as a Prefect flow (reruns reuse every finished stage)."""
     if dry_run:
-        from tops.flow.stage_loop import format_plan
         from tops.flow.pipeline import plan
-
         from tops.flow.ray_cluster import describe_cluster
+        from tops.flow.stage_loop import format_plan
 
         cfg = _config(config, sets)
         cluster = describe_cluster(cfg)  # flow.runner: ray with cluster.address: its nodes and GPUs first

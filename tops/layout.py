@@ -109,6 +109,11 @@ def in_iteration(k: int, artifact: str) -> str:
     return f"{iteration(k)}/{artifact}"
 
 
+def _at(*parts: str, doc: str | None = None) -> property:
+    """A fixed path inside the run folder."""
+    return property(lambda self: self.dir.joinpath(*parts), doc=doc)
+
+
 @dataclass(frozen=True)
 class RunLayout:
     """Paths of one run folder."""
@@ -118,39 +123,14 @@ class RunLayout:
     def __post_init__(self):
         object.__setattr__(self, "dir", Path(self.dir))
 
-    @property
-    def stages(self) -> Path:
-        return self.dir / STAGES
-
-    @property
-    def config(self) -> Path:
-        return self.dir / CONFIG
-
-    @property
-    def lineage(self) -> Path:
-        return self.dir / LINEAGE
-
-    @property
-    def report(self) -> Path:
-        return self.dir / REPORT
-
-    @property
-    def eval(self) -> Path:
-        return self.dir / EVAL
-
-    @property
-    def cache(self) -> Path:
-        """Prefect's result records (one per stage key)."""
-        return self.dir / CACHE
-
-    @property
-    def timings(self) -> Path:
-        return self.stages / TIMINGS
-
-    @property
-    def manifest(self) -> Path:
-        """The flow's stage records (a CLI stage records beside its own output)."""
-        return self.stages / MANIFEST
+    stages = _at(STAGES)
+    config = _at(CONFIG)
+    lineage = _at(LINEAGE)
+    report = _at(REPORT)
+    eval = _at(EVAL)
+    cache = _at(CACHE, doc="Prefect's result records (one per stage key).")
+    timings = _at(STAGES, TIMINGS)
+    manifest = _at(STAGES, MANIFEST, doc="The flow's stage records (a CLI stage records beside its own output).")
 
     def stage_output(self, name: str, key: str, folder: bool = False) -> Path:
         return self.stages / (f"{name}-{key}" if folder else f"{name}-{key}.parquet")
