@@ -64,12 +64,13 @@ def test_a_tampered_cache_record_is_replaced_never_unpickled(harness, tmp_path):
     record = tmp_path / "hostile" / ".cache" / key
     assert json.loads(record.read_bytes())["metadata"]["serializer"]["type"] == "json"
     before = out.read_bytes()
+    inode = out.stat().st_ino  # a rerun would replace the file (atomic write): a new inode
 
     marker = tmp_path / "marker"
     record.write_bytes(_pickle_record(_Evil(str(marker))))
     again, _, _ = _problems_stage(tmp_path)
     assert not marker.exists()  # the pickle was never loaded
-    assert again == result and out.read_bytes() == before  # a cache hit all the same
+    assert again == result and out.read_bytes() == before and out.stat().st_ino == inode  # a cache hit
     assert json.loads(record.read_bytes())["metadata"]["serializer"] == {"type": "json"}
 
     # a JSON record naming another decoder, or raw pickle bytes: the same
@@ -80,15 +81,17 @@ def test_a_tampered_cache_record_is_replaced_never_unpickled(harness, tmp_path):
 
     record.write_bytes(cloudpickle.dumps(_Evil(str(marker))))
     assert _problems_stage(tmp_path)[0] == result
-    assert not marker.exists()
+    assert not marker.exists() and out.stat().st_ino == inode
 
 
 @pytest.mark.slow
 def test_a_renamed_run_folder_keeps_its_cache(harness, tmp_path):
     old, out, key = _problems_stage(tmp_path, "before")
     shutil.move(tmp_path / "before", tmp_path / "after")
+    inode = (tmp_path / "after" / "stages" / out.name).stat().st_ino
     new, moved, _ = _problems_stage(tmp_path, "after")
-    assert new == str(tmp_path / "after" / "stages" / out.name)  # the new folder's output, reused
+    assert new == str(tmp_path / "after" / "stages" / out.name)  # the new folder's output,
+    assert moved.stat().st_ino == inode  # reused, not made again
     assert moved.exists() and not (tmp_path / "before").exists()
     assert str(tmp_path / "before") not in (tmp_path / "after" / ".cache" / key).read_text()
 
