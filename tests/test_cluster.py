@@ -32,9 +32,18 @@ def cluster():
 
     if ray.is_initialized():  # another module's local Ray: this module drives its own cluster
         ray.shutdown()
-    two = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    two.add_node(num_cpus=1)
-    two.wait_for_nodes()
+    for attempt in range(2):  # a raylet gets 30 s to register: a busy host can miss that once
+        two = None
+        try:
+            two = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+            two.add_node(num_cpus=1)
+            two.wait_for_nodes(timeout=120)
+            break
+        except Exception:
+            if two is not None:
+                two.shutdown()
+            if attempt:
+                raise
     yield two
     ray.shutdown()
     two.shutdown()
