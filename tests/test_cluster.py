@@ -22,9 +22,6 @@ from tops.config import load_config
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
 
-pytestmark = pytest.mark.slow
-
-
 @pytest.fixture(scope="module")
 def cluster():
     import ray
@@ -82,6 +79,7 @@ def _join(mode: str, env: dict) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+@pytest.mark.slow
 def test_no_address_is_a_fresh_local_ray_beside_a_stale_file_or_a_live_ray(cluster):
     """No cluster.address: our own local Ray, whether /tmp/ray/ray_current_cluster names a dead
     cluster (a killed Ray left it) or a live local one (this module's cluster wrote it)."""
@@ -102,6 +100,7 @@ def test_no_address_is_a_fresh_local_ray_beside_a_stale_file_or_a_live_ray(clust
     assert found["live"]["nodes"] == 1 and found["live"]["gcs"] != cluster.address
 
 
+@pytest.mark.slow
 def test_an_unreachable_address_is_one_clear_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "tops.cli", "run", "--dry-run", "--config", str(SMOKE),
                              "--set", f"run.root={tmp_path}", "--set", "flow.runner=ray",
@@ -123,6 +122,7 @@ def _selected(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_training_over_two_nodes_matches_two_processes_on_one(cluster, tiny_model_dir, tmp_path):
     """train.num_machines=2: one process on each node under gloo (accelerate launch per node,
     placed by a STRICT_SPREAD placement group); same losses as 2 processes on one node."""
@@ -192,6 +192,7 @@ def _part_records(run_dir: Path) -> dict[str, dict]:
     return {stem: r for stem, r in records.items() if r["stage"] == "generate" and ".part" in stem}
 
 
+@pytest.mark.slow
 def test_generation_shards_land_on_both_nodes(harness, cluster, tiny_model_dir, tmp_path):
     cfg = _cfg(tmp_path, tiny_model_dir, cluster.address, "generate.n_samples=1")
     problems = _problems(tmp_path / "problems.parquet", 6)
@@ -201,6 +202,7 @@ def test_generation_shards_land_on_both_nodes(harness, cluster, tiny_model_dir, 
     assert len(parts) == 2 and {r["summary"]["ray_node"] for r in parts.values()} == _node_ids()
 
 
+@pytest.mark.slow
 def test_dry_run_names_the_nodes_and_each_stages_workers(cluster, tiny_model_dir, tmp_path):
     from typer.testing import CliRunner
 
@@ -217,6 +219,7 @@ def test_dry_run_names_the_nodes_and_each_stages_workers(cluster, tiny_model_dir
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_a_node_lost_during_generation_leaves_a_complete_artifact(harness, cluster, tiny_model_dir, tmp_path):
     """The worker node goes while its shard runs: that shard's task fails, the flow's retry runs it
     on the node left, the finished part is kept, and the merge has every row once."""
@@ -255,3 +258,80 @@ def test_a_node_lost_during_generation_leaves_a_complete_artifact(harness, clust
     [record] = [r for stem, r in parts.items() if stem.endswith(f".part{index}of2")]
     assert record["summary"]["ray_node"] != worker_id  # rerun on the node left
     assert not list((tmp_path / "smoke" / "stages").glob("*.part*of2.parquet"))
+
+
+# ---------------------------------------------------------------- config, plan (no cluster)
+
+
+def test_cluster_address_forms_and_the_flow_ray_address_alias():
+    from tops.errors import UserError
+
+    ray = ["flow.runner=ray"]
+    assert load_config(SMOKE, [*ray, "cluster.address=10.0.0.1:6379"]).cluster.address == "10.0.0.1:6379"
+    assert load_config(SMOKE, [*ray, "cluster.address=local"]).cluster.address is None
+    assert load_config(SMOKE, [*ray, "flow.ray_address=ray://head:10001"]).cluster.address == "ray://head:10001"
+    for sets, named in ((["cluster.address=head node"], "is not a Ray address"),
+                        (["flow.ray_address=a:1", "cluster.address=b:2"], "disagree"),
+                        (["flow.runner=thread", "cluster.address=auto"], "set flow.runner: ray")):
+        with pytest.raises(UserError, match=named):
+            load_config(SMOKE, [*ray, *sets])
+    with pytest.raises(UserError, match="multiple of num_machines"):
+        load_config(SMOKE, ["train.num_processes=3", "train.num_machines=2"])
+
+
+def test_a_node_joins_a_job_through_its_environment(monkeypatch):
+    from tops.config import TrainConfig
+    from tops.errors import UserError
+    from tops.train.nodes import machine_args
+
+    cfg = TrainConfig(num_processes=4, num_machines=2)
+    for var in ("TOPS_MACHINE_RANK", "TOPS_MAIN_PROCESS_IP", "TOPS_MAIN_PROCESS_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(UserError, match="TOPS_MACHINE_RANK, TOPS_MAIN_PROCESS_IP, TOPS_MAIN_PROCESS_PORT"):
+        machine_args(cfg)
+    monkeypatch.setenv("TOPS_MACHINE_RANK", "1")
+    monkeypatch.setenv("TOPS_MAIN_PROCESS_IP", "10.0.0.1")
+    monkeypatch.setenv("TOPS_MAIN_PROCESS_PORT", "29500")
+    assert machine_args(cfg) == ["--num_machines", "2", "--machine_rank", "1", "--main_process_ip", "10.0.0.1",
+                                 "--main_process_port", "29500"]
+    assert machine_args(TrainConfig(num_processes=4)) == []
+
+
+def test_the_configs_models_are_estimated_offline(monkeypatch):
+    """The shipped config.json files: every Hub model a shipped config names has a shape offline,
+    with the parameter counts the model cards publish."""
+    import yaml
+    from huggingface_hub import constants
+
+    from tops.memory import _shape_or_reason, load_shape
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(Path(tempfile.mkdtemp())))  # nothing cached
+    _shape_or_reason.cache_clear()
+    named = set()
+    for path in (REPO / "configs").glob("*.yaml"):
+        raw = yaml.safe_load(path.read_text())
+        named |= {m for m in (raw.get("model", {}).get("base"), (raw.get("seed") or {}).get("teacher"))
+                  if m and "/" in m}
+    assert {"Qwen/Qwen2.5-32B-Instruct", "Qwen/QwQ-32B-Preview", "Qwen/Qwen2.5-7B-Instruct"} <= named
+    published = {"Qwen/Qwen2.5-7B-Instruct": 7.62, "Qwen/Qwen2.5-32B-Instruct": 32.76, "Qwen/QwQ-32B-Preview": 32.76,
+                 "Qwen/Qwen3-8B": 8.19}  # billions, the model cards
+    for model in named:
+        assert round(load_shape(model).params / 1e9, 2) == published[model], model
+
+
+def test_the_32b_recipe_plans_zero3_over_four_nodes(monkeypatch):
+    from huggingface_hub import constants
+
+    from tops.flow.pipeline import plan
+    from tops.flow.stage_loop import format_plan
+    from tops.memory import _shape_or_reason
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    _shape_or_reason.cache_clear()
+    cfg = load_config(REPO / "configs" / "qwen32b-gsm8k.yaml", ["cluster.address=null", "run.root=/nonexistent/runs"])
+    assert (cfg.flow.runner, cfg.train.num_machines, cfg.train.num_processes, cfg.train.lora.enabled) == ("ray", 4, 32,
+                                                                                                        False)
+    page = format_plan(plan(cfg), cfg.run.dir)
+    assert "not estimated" not in page
+    assert "train-tops: to run (child process x32" in page and "sharded (ZeRO-3/FSDP)" in page
