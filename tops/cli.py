@@ -236,12 +236,24 @@ def demo_cmd(sets: SetOpt = None,
                                      "per seed) and add the across-runs table.")] = None,
              write_readme: Annotated[bool, typer.Option(
                  "--write-readme", help="Maintainers: also rewrite README.md's results section and docs/demo/ "
-                                        "(the checkout's tracked files) from these runs.")] = False):
+                                        "(the checkout's tracked files) from these runs.")] = False,
+             laser: Annotated[bool, typer.Option(
+                 "--laser", help="After `tops demo`: its TOPS model continues with LASER-D (GRPO, "
+                                 "configs/laser-demo.yaml), both evaluated on its held-out problems.")] = False):
     """The whole loop on the embedded default (SmolLM2-135M-Instruct, arith) on this machine; the
     report, plots and across-runs table are written in the run folders."""
     import time
 
     repo = Path(__file__).resolve().parents[1]
+    if laser:  # tops/laser_demo.py
+        from tops.laser_demo import run_laser_demo
+
+        config = next((c for c in (Path("configs/laser-demo.yaml"), repo / "configs" / "laser-demo.yaml")
+                       if c.exists()), None)
+        if config is None:
+            raise UserError("configs/laser-demo.yaml not found: run `tops demo --laser` from the tops checkout")
+        typer.echo(run_laser_demo(config, _config(config, sets), sets).read_text())
+        return
     config = next((c for c in (Path("configs/demo.yaml"), repo / "configs" / "demo.yaml") if c.exists()), None)
     if config is None:
         raise UserError("configs/demo.yaml not found: run `tops demo` from the tops checkout")
