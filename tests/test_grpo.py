@@ -193,3 +193,18 @@ def test_smoke_flow_with_grpo_iteration(harness, tiny_model_dir, tmp_path):
     assert "Reinforcement learning (GRPO" in report and (run_dir / "grpo_iter1.png").exists()
     rounds = json.loads((run_dir / "rounds.json").read_text())
     assert rounds[0]["method"] == "grpo"
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--set", "grpo.reward=ppo"], "grpo.reward"),
+    (["--set", "grpo.target_lower=99999"], "target_lower"),
+    (["--problems", "missing.parquet"], "missing.parquet"),
+])
+def test_bad_grpo_input_is_one_line_and_exit_2(tmp_path, args, named):
+    problems = tmp_path / "problems.parquet"
+    problems_frame(4).to_parquet(problems)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "tops.cli", "train", "grpo", "--problems", str(problems), "--out", str(out), *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 2 and named in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not out.exists()

@@ -13,7 +13,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from tops.config.base import Strict
+from tops.config.base import MAX_SAMPLES, Strict
+
+MAX_TOKENS = 1 << 20  # a completion length no model reaches: bounds a mistyped value
 
 
 class GrpoConfig(Strict):
@@ -22,18 +24,18 @@ class GrpoConfig(Strict):
     # a long wrong response that does not loop.
     reward: Literal["accuracy", "laser", "laser-d", "laser-de"] = "laser-d"
     alpha: float = Field(0.5, ge=0)
-    target_length: int = Field(4096, ge=1)  # laser's one target (theirs: 2,048 / 4,096 / 8,192)
+    target_length: int = Field(4096, ge=1, le=MAX_TOKENS)  # laser's one target (theirs: 2,048 / 4,096 / 8,192)
     # LASER-D candidate targets: target_lower, then steps of target_interval up to
     # max_completion_length (rewards.length_thresholds).
-    target_lower: int = Field(1024, ge=1)
-    target_interval: int = Field(1024, ge=1)
-    expected_correct: int = Field(1, ge=1)
+    target_lower: int = Field(1024, ge=1, le=MAX_TOKENS)
+    target_interval: int = Field(1024, ge=1, le=MAX_TOKENS)
+    expected_correct: int = Field(1, ge=1, le=MAX_SAMPLES)
     monitor_every: int = Field(20, ge=1)  # steps between target re-estimates (and one before the first)
     monitor_problems: int = Field(64, ge=1)  # training problems the monitor samples (theirs: 500)
-    monitor_rollouts: int | None = Field(None, ge=1)  # None: num_generations
-    num_generations: int = Field(8, ge=2)  # rollouts per prompt (the group)
+    monitor_rollouts: int | None = Field(None, ge=1, le=MAX_SAMPLES)  # None: num_generations
+    num_generations: int = Field(8, ge=2, le=MAX_SAMPLES)  # rollouts per prompt (the group)
     prompts_per_step: int = Field(16, ge=1)  # prompts per optimizer step
-    max_completion_length: int = Field(4096, ge=8)
+    max_completion_length: int = Field(4096, ge=8, le=MAX_TOKENS)
     temperature: float = Field(0.6, gt=0)
     learning_rate: float = Field(1e-6, gt=0)
     beta: float = Field(0.001, ge=0)  # KL to the reference; 0 loads no reference model
