@@ -220,12 +220,15 @@ def stage_model_folder(run_dir: str | Path, number: int, model_dir: str | Path, 
 def latest_round(run_dir: str | Path):
     """The run's latest finished round that recorded a model (UserError when there is none)."""
     from tops.errors import UserError
-    from tops.rounds import load_rounds
+    from tops.rounds import load_rounds, resolve
 
     finished = [r for r in load_rounds(run_dir) if r.status == "finished" and r.model]
     if not finished:
         raise UserError(f"--model-repo-id: {run_dir} has no finished round with a model (rounds.json); "
                         "the model of a run made by `tops run` is exported")
+    field = f"rounds.json: round {finished[-1].number}: model"
+    if not resolve(Path(run_dir), finished[-1].model, field).is_dir():  # inside the run folder: checked first
+        raise UserError(f"{field}: {finished[-1].model} is not a model folder")
     return finished[-1]
 
 
@@ -236,8 +239,7 @@ def export_latest_model(run_dir: str | Path, model_repo_id: str, *, dataset_repo
     `<run>/exports/round<k>-model/` and pushed unless `push` is False. (folder, URL or None)."""
     from tops.errors import UserError
     from tops.hub.collect import check_repo_id
-    from tops.hub.publish import commit_message
-    from tops.hub.upload import _get_token, push_folder
+    from tops.hub.upload import _get_token, commit_message, push_folder
     from tops.rounds import resolve
 
     run_dir = Path(run_dir)

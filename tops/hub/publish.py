@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tops.errors import UserError
-from tops.hub.upload import _get_token, export_run, push_folder
+from tops.hub.upload import _get_token, commit_message, export_run, push_folder
 
 
 @dataclass
@@ -28,13 +28,6 @@ class Published:
     dataset_url: str | None = None
     model_url: str | None = None
     model_folder: Path | None = None  # ... and to the model repo (the model's files + its card)
-
-
-def commit_message(record) -> str:
-    """'Round 3: held-out accuracy 0.717, mean tokens 41.2 (model iter3)'."""
-    acc = "n/a" if record.accuracy is None else f"{record.accuracy:.3f}"
-    tokens = "n/a" if record.mean_tokens is None else f"{record.mean_tokens:.1f}"
-    return f"Round {record.number}: held-out accuracy {acc}, mean tokens {tokens} (model {record.model_label})"
 
 
 def round_folder(run_dir: str | Path, number: int) -> Path:
