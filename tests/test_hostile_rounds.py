@@ -141,3 +141,20 @@ def test_the_untampered_folder_plans_round_two(campaign, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["run", "--dry-run", "--config", str(SMOKE), *[a for s in sets for a in ("--set", s)]])
     assert exc.value.code == 0 and "1. generate-iter2: to run" in capsys.readouterr().out
+
+
+def test_export_never_publishes_a_recorded_model_outside_the_run_folder(campaign, capsys, monkeypatch):
+    sets, run, elsewhere = campaign
+    _tamper_round(run, model="../../elsewhere")
+    write_artifact(pd.DataFrame({"model": "iter1", "problem_id": ["p9"], "difficulty": None, "effort": "none",
+                                 "seed": 0, "n_tokens": [5], "correct": [True]}), run / "eval.parquet", "eval")
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    before = _snapshot(run.parent.parent)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["export", "--run", str(run), "--repo-id", "me/data", "--model-repo-id", "me/model",
+              "--local-dir", str(run.parent.parent / "out")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(lines) == 1, lines
+    assert "rounds.json" in lines[0] and "outside the run folder" in lines[0], lines[0]
+    assert _snapshot(run.parent.parent) == before and not (run.parent.parent / "out").exists()
