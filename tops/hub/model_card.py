@@ -12,7 +12,6 @@ the weights) plus README.md, so what went to the Hub can be read in the run fold
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -23,7 +22,7 @@ import pandas as pd
 import yaml
 
 from tops import layout
-from tops.hub.card import PAPER_BIBTEX, _md_table
+from tops.hub.card import PAPER_BIBTEX, _md_table, _read_json
 from tops.models import COMPLETE_MARKER
 
 TAGS = ["tops", "reasoning", "efficient-reasoning", "math", "trl"]
@@ -31,14 +30,6 @@ TAGS = ["tops", "reasoning", "efficient-reasoning", "math", "trl"]
 KNOWN_BASES = {"SmolLM2-135M-Instruct": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")}
 # Not pushed: the completion marker, the trainer's checkpoints and run key.
 _LEFT_OUT = (COMPLETE_MARKER, "checkpoints")
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _run_config(run_dir: Path) -> dict:
