@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_report import _write_run  # runs with paper-shaped eval rows, no engine
+
 from tops.compare import load_run, pooled_checks
 from tops.demo import README_END, README_START, finish, readme_to_write
 from tops.errors import UserError
