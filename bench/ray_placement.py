@@ -9,6 +9,7 @@ medians. Joining Ray (a fresh local Ray of the run's own) is timed apart: a flow
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -42,7 +43,10 @@ def main() -> None:
                                   "difficulty": "easy"} for i in range(args.problems)]), problems, "problems")
     sets = [f"run.root={root}", f"model.base={model}", "generate.n_samples=1"]
     cfgs = {"thread": load_config(REPO / "configs" / "smoke.yaml", sets),
-            "ray": load_config(REPO / "configs" / "smoke.yaml", [*sets, "flow.runner=ray"])}
+            # the Ray task asks for every core: Ray sets OMP_NUM_THREADS to a task's CPUs, and the
+            # thread route's child uses them all; so both children run the same threads
+            "ray": load_config(REPO / "configs" / "smoke.yaml",
+                               [*sets, "flow.runner=ray", f"cluster.cpus_per_stage={os.cpu_count() or 1}"])}
     started = time.perf_counter()
     connect(cfgs["ray"].cluster)
     join_s = time.perf_counter() - started
