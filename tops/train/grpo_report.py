@@ -32,7 +32,7 @@ def plot_training(summary: dict, path: Path, title: str = "") -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = pd.DataFrame(summary.get("step_log") or [])
+    steps = pd.DataFrame(summary.get("step_log") or []).apply(pd.to_numeric, errors="coerce")
     if steps.empty or "completions/mean_length" not in steps:
         return None
     fig, (tokens, accuracy) = plt.subplots(1, 2, figsize=(10, 3.5))
