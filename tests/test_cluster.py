@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -91,10 +92,16 @@ def test_no_address_is_a_fresh_local_ray_beside_a_stale_file_or_a_live_ray(clust
     runs = {name: _join(mode, env) for name, mode, env in
             (("plain", "plain", stale), ("stale", "ours", stale), ("live", "ours", live))}
     found = {}
-    for name, proc in runs.items():
-        out, err = proc.communicate(timeout=240)
-        assert proc.returncode == 0, f"{name}: {err[-2000:]}"
-        found[name] = json.loads(out.strip().splitlines()[-1])
+    try:
+        for name, proc in runs.items():
+            out, err = proc.communicate(timeout=240)
+            assert proc.returncode == 0, f"{name}: {err[-2000:]}"
+            found[name] = json.loads(out.strip().splitlines()[-1])
+    finally:
+        for proc in runs.values():
+            if proc.poll() is None:
+                proc.kill()
+        shutil.rmtree(stale_dir, ignore_errors=True)
     assert "num_cpus and num_gpus must not be provided" in found["plain"]["plain_error"]  # the old failure
     assert found["stale"]["nodes"] == 1
     assert found["live"]["nodes"] == 1 and found["live"]["gcs"] != cluster.address
