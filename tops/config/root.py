@@ -11,8 +11,8 @@ from tops.config.base import MAX_ITERATIONS, MAX_SAMPLES, Strict
 from tops.config.cluster import ClusterConfig
 from tops.config.efforts import EffortsConfig
 from tops.config.grpo import GrpoConfig
-from tops.config.run_model import EngineConfig, ModelConfig, RunConfig
 from tops.config.problems import ProblemsConfig
+from tops.config.run_model import EngineConfig, ModelConfig, RunConfig
 from tops.config.stage_sections import (
     EvalConfig,
     GenerateConfig,

@@ -10,8 +10,8 @@ from pydantic import Field, field_validator, model_validator
 from tops import answers
 from tops.config.base import MAX_SAMPLES, Strict, quoted
 from tops.config.efforts import EFFORT_ORDER
-from tops.config.run_model import EngineConfig, SamplingConfig
 from tops.config.problems import BenchmarkConfig, SourceConfig
+from tops.config.run_model import EngineConfig, SamplingConfig
 
 
 class _DepthControlBase(Strict):
