@@ -123,7 +123,7 @@ def relative(path: str | Path, run_dir: Path) -> str:
         return str(path)
 
 
-def resolve(run_dir: Path, path: str, field: str = "rounds.json") -> Path:
+def resolve(run_dir: Path, path: str, field: str = layout.ROUNDS) -> Path:
     """A recorded path: relative to the run folder, and (links followed) inside it or the models
     root; anything else is a UserError naming `field` (a record must not point a run elsewhere)."""
     from tops.models import models_dir
@@ -234,7 +234,7 @@ def plan_round(run_dir: str | Path, cfg) -> RoundPlan:
     last = rounds[-1]
     if last.status == "running":  # killed: the same problems again, finished stages from the cache
         parent = next(r for r in rounds if r.number == last.parent)
-        problems = read_artifact(resolve(run_dir, last.problems["train"], f"rounds.json: round {last.number}: "
+        problems = read_artifact(resolve(run_dir, last.problems["train"], f"{layout.ROUNDS}: round {last.number}: "
                                          "problems.train"), "problems")
         return RoundPlan(number=last.number, parent=parent, problems=problems, new_rows=last.new_rows,
                          resumed=True, source_ids=source_problem_ids(cfg.problems))
@@ -274,25 +274,25 @@ def _check_paths(run_dir: Path, rounds: list[Round]) -> None:
     the last round has a parent with a model. Checked before a round writes anything."""
     for r in rounds:
         for role, path in r.problems.items():
-            resolve(run_dir, path, f"rounds.json: round {r.number}: problems.{role}")
+            resolve(run_dir, path, f"{layout.ROUNDS}: round {r.number}: problems.{role}")
         if r.model is not None:
-            resolve(run_dir, r.model, f"rounds.json: round {r.number}: model")
+            resolve(run_dir, r.model, f"{layout.ROUNDS}: round {r.number}: model")
     if "eval" not in rounds[0].problems:
         raise UserError(f"{run_dir / ROUNDS_FILE}: round 1 records no held-out problems (problems.eval)")
-    held_out = resolve(run_dir, rounds[0].problems["eval"], "rounds.json: round 1: problems.eval")
+    held_out = resolve(run_dir, rounds[0].problems["eval"], f"{layout.ROUNDS}: round 1: problems.eval")
     if not held_out.is_file():
-        raise UserError(f"rounds.json: round 1: problems.eval: {held_out} does not exist")
+        raise UserError(f"{layout.ROUNDS}: round 1: problems.eval: {held_out} does not exist")
     parent = rounds[-1] if rounds[-1].status == "finished" else next(
         (r for r in rounds if r.number == rounds[-1].parent), None)
     if parent is None or parent.model is None:
-        raise UserError(f"rounds.json: round {rounds[-1].number}: no finished parent round with a model")
+        raise UserError(f"{layout.ROUNDS}: round {rounds[-1].number}: no finished parent round with a model")
 
 
 def start_model(run_dir: str | Path, plan: RoundPlan) -> Path:
     """The model round k+1 starts from: round k's recorded model, inside the run folder (or the
     models root) and present; checked before the round records anything."""
     assert plan.parent is not None and plan.parent.model is not None
-    field = f"rounds.json: round {plan.parent.number}: model"
+    field = f"{layout.ROUNDS}: round {plan.parent.number}: model"
     model = resolve(Path(run_dir), plan.parent.model, field)
     if not model.is_dir():
         raise UserError(f"{field}: {model} is not a model folder")
@@ -354,7 +354,7 @@ def finish_round(run_dir: str | Path, number: int, model: str, evals: pd.DataFra
 def eval_problems(run_dir: str | Path) -> Path:
     """Round 1's held-out set: every round is evaluated on it."""
     first = load_rounds(run_dir)[0]
-    return resolve(Path(run_dir), first.problems["eval"], "rounds.json: round 1: problems.eval")
+    return resolve(Path(run_dir), first.problems["eval"], f"{layout.ROUNDS}: round 1: problems.eval")
 
 
 # ---------------------------------------------------------------- history at a glance

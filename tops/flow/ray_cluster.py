@@ -99,12 +99,6 @@ def _stage_engine(cfg, kind: str):
     return {"seed": cfg.seed.engine, "mask": cfg.mask.judge_engine or cfg.engine}.get(kind, cfg.engine)
 
 
-def _gpus_per_engine(engine) -> int:
-    if engine.kind == "openai":
-        return 0  # the server holds its own GPUs
-    return engine.tensor_parallel_size if engine.kind == "vllm" else 1
-
-
 @dataclass(frozen=True)
 class ClusterPlan(ShardPlan):
     """An engine stage's shards over the cluster: Ray assigns each its GPUs (no pinning here)."""
@@ -122,7 +116,7 @@ def cluster_plan(engine, cluster, live: Sequence[Node]) -> ClusterPlan:
     """Engine processes for one sampling stage over `live` nodes: on GPUs, every node's GPUs in
     groups of tensor_parallel_size (an engine group never spans nodes); on CPUs, one per node
     that has cluster.cpus_per_stage CPUs, or engine.data_parallel_size."""
-    tp = _gpus_per_engine(engine)
+    tp = engine.gpus_per_engine
     on_gpu = tp > 0 and any(n.gpus for n in live)
     if on_gpu:
         fit = sum(n.gpus // tp for n in live)
@@ -162,7 +156,7 @@ def resources_for(cfg, kind: str) -> dict:
         if kind == "train":
             gpus = cfg.train.num_processes // cfg.train.num_machines
         else:
-            gpus = cfg.flow.gpus_per_shard or _gpus_per_engine(_stage_engine(cfg, kind))
+            gpus = cfg.flow.gpus_per_shard or _stage_engine(cfg, kind).gpus_per_engine
     return {"num_cpus": cfg.cluster.cpus_per_stage, "num_gpus": gpus}
 
 
