@@ -91,8 +91,8 @@ QWQ32B_SHAPE = {**QWEN7B_SHAPE, "hidden_size": 5120, "intermediate_size": 27648,
 
 
 def _plan(tmp_path, *extra):
-    from tops.flow.stage_loop import format_plan
     from tops.flow.pipeline import plan
+    from tops.flow.stage_loop import format_plan
 
     model, teacher = tmp_path / "qwen7b", tmp_path / "qwq32b"
     for folder, shape in ((model, QWEN7B_SHAPE), (teacher, QWQ32B_SHAPE)):

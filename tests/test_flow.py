@@ -354,8 +354,8 @@ def test_ray_runner_maps_generation_shards(harness, tmp_path, tiny_model_dir):
     they keep their cores under the Ray runner too."""
     from prefect import flow
 
-    from tops.flow.stage_loop import Loop
     from tops.flow.pipeline import task_runner_for
+    from tops.flow.stage_loop import Loop
     from tops.flow.steps import evaluate_all
     from tops.flow.steps import problems as _problems
     from tops.flow.steps import sample as _sample

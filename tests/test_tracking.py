@@ -43,10 +43,11 @@ def test_training_loss_curve_is_in_the_run_folder(tiny_model_dir, tmp_path):
 
 
 def test_none_logs_nothing(tiny_model_dir, tmp_path):
+    from trl import SFTConfig
+
     from tops.config import TrainConfig
     from tops.train.common import trainer_args
     from tops.train.kernels import resolve_setup
-    from trl import SFTConfig
 
     cfg = TrainConfig(report_to="none")
     args = trainer_args(SFTConfig, cfg, tmp_path / "m", learning_rate=1e-5, epochs=1, progress=False,
@@ -135,10 +136,10 @@ def test_wandb_needs_an_account_or_offline(monkeypatch, tmp_path):
 
 
 def test_cli_training_with_an_unusable_tracker_exits_2_and_writes_nothing(tmp_path, tiny_model_dir, capsys):
+    import importlib.util
+
     from tops.artifacts import write_artifact
     from tops.cli import main
-
-    import importlib.util
 
     missing = [t for t in ("trackio", "mlflow", "wandb") if importlib.util.find_spec(t) is None]
     if not missing:
