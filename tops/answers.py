@@ -29,8 +29,9 @@ BOX_COMMAND = r"\\(?:boxed|fbox)"
 BARE_BOX = r"(?![A-Za-z])[ \t]*+"
 BARE_TOKEN = r"[+-]?[\d.][^\s{}$\\]*|[A-Za-z](?![A-Za-z])"
 # Answer markers: "The final answer is $5$", "Final Answer: 5", "the answer is: 5", "**Answer:** 5",
-# "#### 5", and a "**Final Answer**" heading with the answer on the next line (any case).
-ANSWER_MARKER = r"(?:\banswer\s*(?:is\b|:)|\bfinal\s+answer\b\**[^\S\n]*\n|####)[\s:*]*+"
+# "#### 5" (the last four of a run of #: a wall of # stays linear for the mask patterns), and a
+# "**Final Answer**" heading with the answer on the next line (any case).
+ANSWER_MARKER = r"(?:\banswer\s*(?:is\b|:)|\bfinal\s+answer\b\**[^\S\n]*\n|####(?!#))[\s:*]*+"
 
 _BOX_START = re.compile(BOX_COMMAND + r"\s*\{")
 _BOX_ANY = re.compile(BOX_COMMAND + BARE_BOX)
