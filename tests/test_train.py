@@ -251,7 +251,10 @@ def test_a_run_that_died_before_its_first_checkpoint_is_taken_over(tmp_path):
     assert open_out_dir(out, "a") is None
     assert open_out_dir(out, "b") is None  # nothing to resume: the new run takes the folder
     assert json.loads((out / "checkpoints" / KEY_FILE).read_text()) == {"key": "b"}
-    (out / "checkpoints" / "checkpoint-5").mkdir()
+    checkpoint = out / "checkpoints" / "checkpoint-5"  # a complete one (an incomplete one is discarded)
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text("{}")
+    (checkpoint / "model.safetensors").write_bytes(b"")
     with pytest.raises(UserError, match="other data or settings"):
         open_out_dir(out, "c")
 

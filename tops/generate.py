@@ -36,10 +36,17 @@ def build_requests(problems: pd.DataFrame, efforts: list[str], prompts: dict[str
             meta={"row": i, "effort": effort, "problem_id": problem_id},  # the id names it in errors
             chat_template_kwargs=dict(template_kwargs.get(effort, {})),
         )
-        for i, (problem_id, question) in enumerate(zip(problems["problem_id"].astype(str).tolist(),
+        for i, (problem_id, question) in enumerate(zip(_problem_ids(problems),
                                                        problems["question"].tolist(), strict=True))
         for effort in efforts
     ]
+
+
+def _problem_ids(problems: pd.DataFrame) -> list[str]:
+    """The ids that name a request in errors; a bare frame of questions (scripts, tests) by its row."""
+    if "problem_id" in problems.columns:
+        return problems["problem_id"].astype(str).tolist()
+    return [f"row {i}" for i in range(len(problems))]
 
 
 def _shard_rows(problems: pd.DataFrame, requests: list[Request], completions, model_name: str) -> pd.DataFrame:
