@@ -257,7 +257,7 @@ def test_dry_run_after_a_finished_run_marks_every_stage_cached(first_run, run_ro
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     stages = first_run[1]
-    assert f"{len(stages)} stages, {len(stages)} cached, 0 to run" in done.stdout
+    assert f"{len(stages)} stages, {len(stages)} cached, 0 to run" in done.stdout, done.stdout
     for name in stages:
         assert f". {name}: cached" in done.stdout, name
     assert "$ tops train sft --data" in done.stdout and "child process x2" in done.stdout
