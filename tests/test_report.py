@@ -13,7 +13,12 @@ import pytest
 import yaml
 
 from tops.artifacts import write_artifact
-from tops.bootstrap import accuracy_intervals, paired_difference, per_problem_accuracy
+from tops.bootstrap import (
+    accuracy_intervals,
+    paired_difference,
+    paired_difference_over_runs,
+    per_problem_accuracy,
+)
 from tops.compare import compare_markdown, load_run
 from tops.demo import README_END, README_START, update_readme_results
 from tops.errors import UserError
@@ -70,6 +75,26 @@ def test_paired_difference_is_tighter_than_the_two_intervals():
     assert (same.estimate, same.low, same.high) == (0, 0, 0) and not same.excludes_zero()
     with pytest.raises(KeyError, match="'c' at effort 'none'"):
         paired_difference(both, ("a", "none"), ("c", "none"))
+
+
+def test_paired_difference_over_runs_pools_runs_and_widens_with_their_spread():
+    """Three runs where a beats b by about 0.1, 0.1 and 0.1 vs. by 0.3, 0.1 and -0.1: the same mean,
+    and the runs' spread shows in the interval (the runs are resampled, not only the problems)."""
+    def run(gap: float, rng_seed: int) -> pd.DataFrame:
+        return _evals({("a", "none"): {"easy": 0.6 + gap, "hard": 0.4 + gap},
+                       ("b", "none"): {"easy": 0.6, "hard": 0.4}}, n_per_level=60, rng_seed=rng_seed)
+
+    steady = [run(0.1, k) for k in range(3)]
+    spread = [run(g, k) for k, g in zip(range(3), (0.3, 0.1, -0.1), strict=True)]
+    one, per_run = paired_difference_over_runs(steady, ("a", "none"), ("b", "none"))
+    assert per_run == pytest.approx([paired_difference(e, ("a", "none"), ("b", "none")).estimate for e in steady])
+    assert one.estimate == pytest.approx(np.mean(per_run)) and one.n_problems == 3 * 120
+    assert one.excludes_zero() and one.low < one.estimate < one.high
+    wide, wide_runs = paired_difference_over_runs(spread, ("a", "none"), ("b", "none"))
+    assert wide_runs[0] > wide_runs[1] > wide_runs[2]
+    assert wide.high - wide.low > 1.5 * (one.high - one.low)
+    with pytest.raises(KeyError, match="'c' at effort 'none'"):
+        paired_difference_over_runs(steady, ("a", "none"), ("c", "none"))
 
 
 def _paper_shaped(tops_hard: float, rng_seed: int = 0) -> pd.DataFrame:
@@ -132,6 +157,11 @@ def test_compare_pools_runs_and_counts_goals_per_run(tmp_path):
     goal_rows = [line for line in text.splitlines() if line.startswith("| TOPS accuracy")]
     assert goal_rows and goal_rows[0].endswith(" 2 of 3 |") and "whole-loop spread" in goal_rows[0]
     assert "| tag model follows the efforts: mean tokens low < medium < high | yes |" in text
+    paired = [line for line in text.splitlines() if line.startswith("| TOPS − ")]
+    assert [line.split("|")[1].strip() for line in paired] == [
+        "TOPS − random-correct SFT", "TOPS − the tag model's best effort (high)"]
+    means = [float(x) for x in paired[0].split("|")[3].split("/")]
+    assert means[2] < means[0] - 0.2  # the third run's TOPS fails hard problems, random does not
 
     out = tmp_path / "pages" / "seeds.md"  # a folder that does not exist yet
     result = subprocess.run([sys.executable, "-m", "tops.cli", "compare", *map(str, dirs), "--out", str(out)],

@@ -72,3 +72,30 @@ def paired_difference(evals: pd.DataFrame, a: System, b: System, n_resamples: in
     diff = (both[a] - both[b]).to_numpy()
     rows = _resample_rows(both.index.get_level_values("difficulty").to_numpy(), n_resamples, seed)
     return _interval(diff, diff[rows].mean(axis=1), level)
+
+
+def paired_difference_over_runs(evals_per_run: list[pd.DataFrame], a: System, b: System, n_resamples: int = 2000,
+                                level: float = 0.95, seed: int = 0) -> tuple[Interval, list[float]]:
+    """`a` minus `b` over several whole-loop runs (each its own seed, training and held-out problems):
+    the mean of the runs' paired differences, and an interval that resamples the runs and, inside
+    each drawn run, its problems within each difficulty, so both the loop's spread and the draw of
+    problems are in it. Also returns each run's own difference."""
+    per_run = []
+    for evals in evals_per_run:
+        table = per_problem_accuracy(evals)
+        for system in (a, b):
+            if system not in table.columns:
+                raise KeyError(f"no eval rows for model {system[0]!r} at effort {system[1]!r}")
+        both = table[[a, b]].dropna()
+        per_run.append(((both[a] - both[b]).to_numpy(), both.index.get_level_values("difficulty").to_numpy()))
+    if not per_run:
+        raise ValueError("no runs to compare")
+    # (runs, n_resamples): each run's mean difference over its resampled problems
+    run_draws = np.stack([diff[_resample_rows(strata, n_resamples, seed + i)].mean(axis=1)
+                          for i, (diff, strata) in enumerate(per_run)])
+    picks = np.random.default_rng(seed).integers(0, len(per_run), size=(n_resamples, len(per_run)))
+    draws = run_draws[picks, np.arange(n_resamples)[:, None]].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(draws, [tail, 100 - tail])
+    means = [float(diff.mean()) for diff, _ in per_run]
+    return Interval(float(np.mean(means)), float(low), float(high), sum(len(d) for d, _ in per_run)), means

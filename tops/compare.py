@@ -158,4 +158,31 @@ def compare_markdown(runs: list[RunResult], model_order: list[str] | None = None
         *([f"![accuracy vs tokens over runs]({plot})", ""] if plot else []),
         "Goals judged on the means over runs; the accuracy goal's tolerance is the standard deviation over "
         "runs (the whole-loop spread). Selection shares pool the runs' selections.", "",
-        *goals])
+        *goals, *paired_lines(runs, overall)])
+
+
+def paired_lines(runs: list[RunResult], overall: pd.DataFrame) -> list[str]:
+    """TOPS against random-correct SFT and against the tag model's best effort, paired per problem:
+    is the difference real or the loop's spread? (tops.bootstrap.paired_difference_over_runs)"""
+    from tops.bootstrap import paired_difference_over_runs
+    from tops.layout import RANDOM, TAG, TOPS
+
+    tag = overall[overall["model"] == TAG]
+    others = [((RANDOM, "none"), "random-correct SFT")]
+    if len(tag):
+        best = tag.sort_values("accuracy", ascending=False).iloc[0]["effort"]
+        others.append(((TAG, best), f"the tag model's best effort ({best})"))
+    lines = []
+    for other, label in others:
+        try:
+            interval, per_run = paired_difference_over_runs([run.evals for run in runs], (TOPS, "none"), other)
+        except KeyError:  # a run without that model: nothing to pair
+            continue
+        verdict = "excludes 0" if interval.excludes_zero() else "includes 0"
+        lines.append(f"| TOPS − {label} | {interval.estimate:+.3f} | "
+                     f"{' / '.join(f'{d:+.3f}' for d in per_run)} | {interval.low:+.3f} to {interval.high:+.3f} ({verdict}) |")
+    if not lines:
+        return []
+    return ["", "Paired differences in accuracy (the same held-out problems for both models of a run; the "
+            "interval resamples the runs and, within each, its problems by difficulty: 2000 draws, 95%):", "",
+            "| difference | mean over runs | per run | 95% CI (runs and problems) |", "|---|---|---|---|", *lines]

@@ -48,6 +48,9 @@ class FlowConfig(Strict):
     # a subset of the GPU engine groups, or of the CPU cores). 1: one model at a time on all of it.
     # More pays where an engine's start is a large part of an evaluation (small held-out sets).
     concurrent_evals: int = Field(1, ge=1)
+    # TOPS and random-correct SFT at once on a CPU host, each on its share of the cores (two
+    # 1-thread trainers outrun one 2-thread trainer). GPUs and the Ray runner: one after the other.
+    concurrent_trains: int = Field(1, ge=1, le=2)
     gpus_per_shard: float = Field(0, ge=0)
     retries: int = Field(1, ge=0)
     retry_delay_s: float = Field(5, ge=0)

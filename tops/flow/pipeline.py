@@ -31,6 +31,8 @@ from tops.flow.steps import (
     report,
     sample,
     train,
+    train_side_by_side,
+    train_stage,
     verify,
 )
 from tops.flow.steps import problems as draw
@@ -88,12 +90,15 @@ def loop_stages(loop: Loop) -> dict:
 
     # 7. SFT of the base model on the selection -> TOPS model (no effort prompt)
     models = {names.BASE: (base, ["none"]), (BASE_EFFORTS if native else names.TAG): (tag, list(EFFORT_ORDER))}
-    tops_model = train(loop, names.TOPS, "sft", masked, "masked", base)
-    models[names.TOPS] = (tops_model, ["none"])
+    # (and the random-correct baseline: the same recipe on a random correct response per problem)
+    trainings = {names.TOPS: train_stage(loop, names.TOPS, "sft", masked, "masked", base)}
     if f.random_baseline:
         _, masked_random = improve(loop, verified, seed_low, "random", names.RANDOM)
         loop.publish(names.MASKED_RANDOM, masked_random)
-        models[names.RANDOM] = (train(loop, names.RANDOM, "sft", masked_random, "masked", base), ["none"])
+        trainings[names.RANDOM] = train_stage(loop, names.RANDOM, "sft", masked_random, "masked", base)
+    trained = train_side_by_side(loop, trainings)
+    tops_model = trained[names.TOPS]
+    models.update({label: (path, ["none"]) for label, path in trained.items()})
 
     # 8. iterative self-improvement from the latest model
     latest, latest_label = tops_model, names.TOPS

@@ -230,7 +230,7 @@ class Loop:
         on a thread pool of their own here, whatever `flow.runner` maps elsewhere (Ray)."""
         from prefect.task_runners import ThreadPoolTaskRunner
 
-        keyed = [self.output(s.name, s.section, s.inputs) for s in stages]
+        keyed = [self.output(s.name, s.section, s.inputs, folder=describe(s.stage).output == "model") for s in stages]
         width = len(lanes)
 
         def run_all() -> list[str]:

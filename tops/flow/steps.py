@@ -17,7 +17,7 @@ from prefect import get_run_logger
 from tops import layout as names
 from tops.artifacts import read_artifact
 from tops.config import GenerateConfig, TopsConfig
-from tops.flow.stage_loop import ChildStage, Loop, Sharded
+from tops.flow.stage_loop import ChildStage, Loop, Sharded, visible_gpus
 from tops.select import SampleKeys, candidates
 from tops.stages import stage as describe
 from tops.stages.catalog import train_command
@@ -71,14 +71,41 @@ def verify(loop: Loop, name: str, samples: str) -> str:
     return loop.light("verify", name, {"samples": samples}, progress=False)
 
 
+def train_stage(loop: Loop, stage: str, method: str, data: str, data_kind: str, base: str,
+                label: str | None = None) -> ChildStage:
+    """One model's training; `stage` picks the training overrides, `label` names the model."""
+    cfg = loop.cfg.model_copy(update={"train": train_config_for(loop.cfg, stage)})
+    return ChildStage("train", f"train-{label or stage}", {"data": data, "base": base},
+                      train_command(method, data, data_kind, base), cfg, params={"method": method})
+
+
 def train(loop: Loop, stage: str, method: str, data: str, data_kind: str, base: str, label: str | None = None) -> str:
     """Train one model; `stage` picks the training overrides, `label` names the model."""
-    label = label or stage
-    cfg = loop.cfg.model_copy(update={"train": train_config_for(loop.cfg, stage)})
-    path = loop.heavy(ChildStage("train", f"train-{label}", {"data": data, "base": base},
-                                 train_command(method, data, data_kind, base), cfg, params={"method": method}))
-    loop.publish(names.model(label), path)
+    path = loop.heavy(train_stage(loop, stage, method, data, data_kind, base, label))
+    loop.publish(names.model(label or stage), path)
     return path
+
+
+def train_side_by_side(loop: Loop, jobs: dict[str, ChildStage]) -> dict[str, str]:
+    """Independent trainings (TOPS and random-correct SFT) `flow.concurrent_trains` at a time on a
+    CPU host, each on its share of the cores: two 1-thread trainers make 1.23x the tokens/s of one
+    2-thread trainer (BENCHMARKS.md). On GPUs, under the Ray runner or with several processes per
+    training, each training gets the whole node (or its own placement), one after the other."""
+    from tops.gpus import lane_plans
+
+    width = min(loop.cfg.flow.concurrent_trains, len(jobs))
+    one_process = all(job.cfg.train.num_processes == 1 and job.cfg.train.num_machines == 1 for job in jobs.values())
+    lanes = []
+    if width > 1 and one_process and not loop.planning and visible_gpus() == 0 and loop.cfg.flow.runner != "ray":
+        lanes = lane_plans(loop.cfg.engine.model_copy(update={"gpus": None, "data_parallel_size": None}), width, gpus=())
+    if len(lanes) < 2:
+        paths = {label: loop.heavy(stage) for label, stage in jobs.items()}
+    else:
+        done = loop.children_in_lanes(f"train ({', '.join(jobs)}, {len(lanes)} at a time)", list(jobs.values()), lanes)
+        paths = dict(zip(jobs, done, strict=True))
+    for label, path in paths.items():
+        loop.publish(names.model(label), path)
+    return paths
 
 
 def mask(loop: Loop, cfg: TopsConfig, name: str, selected: str) -> str:
