@@ -11,8 +11,27 @@ import pytest
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One OpenMP thread per process, inherited by every child stage: the tests' models are tiny, so a
+# second thread only adds synchronisation, and on a busy 2-core host (an evaluation lane, the
+# Prefect server, a neighbour) a 2-thread OpenMP process waits on its other thread most of the
+# time: the smoke tag model's 150 SFT steps took 116 s on 2 threads vs 9 s on 1 (BENCHMARKS.md).
+# Tests of lane environments set OMP_NUM_THREADS themselves.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
+
+# `make test` runs on two pytest-xdist workers (pyproject's addopts: -n 2 --dist loadgroup). A
+# module is one group, so its module-scoped runs (the smoke flow, the 2-node cluster) are made
+# once, on one worker; every test that starts a Ray cluster is in one group, so two never start
+# at once.
+RAY_TESTS = {"test_ray_runner_maps_generation_shards", "test_deployment_runs_the_loop_with_its_task_runner"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        group = "ray" if module == "test_cluster" or item.originalname in RAY_TESTS else module
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")

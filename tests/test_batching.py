@@ -106,7 +106,8 @@ def test_budget_must_hold_one_example():
 
 
 def test_settings_follow_what_is_installed(tmp_path):
-    from tops.train.kernels import attention_for, choose_batching, resolve_setup
+    from tops.cpu_dtype import cpu_has_native_bf16
+    from tops.train.kernels import attention_for, choose_batching, model_dtype_for, resolve_setup
 
     assert choose_batching(TrainConfig()) == "length_grouped"  # CPU, no flash-attn
     assert choose_batching(TrainConfig(packing=False, batching="per_sequence")) == "padded"
@@ -119,14 +120,20 @@ def test_settings_follow_what_is_installed(tmp_path):
     assert resolve_setup(TrainConfig(max_length=4096)).gradient_checkpointing
     assert not resolve_setup(TrainConfig(max_length=4096, gradient_checkpointing=False)).gradient_checkpointing
 
-    assert resolve_setup(TrainConfig(bf16=True, lora={"enabled": True})).model_dtype == "bfloat16"  # frozen base
-    assert resolve_setup(TrainConfig(bf16=True, lora={"enabled": False})).model_dtype == "float32"
+    # with bf16 running (a GPU, or a CPU with bfloat16 kernels)
+    assert model_dtype_for(TrainConfig(bf16=True, lora={"enabled": True}), bf16=True) == "bfloat16"  # frozen base
+    assert model_dtype_for(TrainConfig(bf16=True, lora={"enabled": False}), bf16=True) == "float32"
     zero3, fsdp = tmp_path / "zero3.yaml", tmp_path / "fsdp.yaml"
     zero3.write_text("distributed_type: DEEPSPEED\n")
     fsdp.write_text("distributed_type: FSDP\n")
     sharded = {"bf16": True, "lora": {"enabled": False}, "num_processes": 8}
-    assert resolve_setup(TrainConfig(**sharded, accelerate_config=zero3)).model_dtype == "bfloat16"
-    assert resolve_setup(TrainConfig(**sharded, accelerate_config=fsdp)).model_dtype == "float32"
+    assert model_dtype_for(TrainConfig(**sharded, accelerate_config=zero3), bf16=True) == "bfloat16"
+    assert model_dtype_for(TrainConfig(**sharded, accelerate_config=fsdp), bf16=True) == "float32"
+    # on this machine: bf16 as the hardware allows, and the model's dtype follows it
+    native = cpu_has_native_bf16()
+    setup = resolve_setup(TrainConfig(bf16=True, lora={"enabled": True}))
+    assert setup.bf16 == native and setup.model_dtype == ("bfloat16" if native else "float32")
+    assert not resolve_setup(TrainConfig(bf16=False)).bf16
     assert not resolve_setup(TrainConfig()).liger_kernels  # no CUDA here
 
 

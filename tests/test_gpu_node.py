@@ -4,6 +4,7 @@ run on this CPU with the tiny model and local files in GSM8K's own format swappe
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 from pathlib import Path
@@ -130,6 +131,8 @@ def test_qwen7b_config_runs_end_to_end_on_cpu(harness, tmp_path, tiny_model_dir)
         "flow.iter_samples=2", "eval.n_problems=6", f"run.root={tmp_path / 'runs'}",
         # held out from a different source: the GSM8K preset over a local file in its test layout
         f"eval.benchmarks=[{{name: gsm8k, path: {test_file}}}]",
+        # TOPS and random-correct SFT side by side, one core each (a CPU host)
+        "flow.concurrent_trains=2",
     ]
     cfg = load_config(QWEN7B, overrides)
     # the teacher knows the seed split's problems (the flow draws it with run.seed)
@@ -153,4 +156,11 @@ def test_qwen7b_config_runs_end_to_end_on_cpu(harness, tmp_path, tiny_model_dir)
     evals = read_artifact(run / "eval.parquet", "eval")
     assert set(evals["model"]) == {"base", "tag", "tops", "random", "iter1"}
     assert not evals.duplicated(["model", "problem_id", "effort", "seed"]).any()
-    assert "| tops | none |" in (run / "report.md").read_text()
+    report = (run / "report.md").read_text()
+    assert "| tops | none |" in report
+    if len(os.sched_getaffinity(0)) >= 2:  # the two trainings ran at once, each on its own core
+        assert "train (tops, random, 2 at a time)" in report
+        manifest = json.loads((run / "stages" / "manifest.json").read_text())["stages"]
+        cores = {name.split("-")[1]: record["summary"]["device_share"]["cores"]
+                 for name, record in manifest.items() if name.startswith(("train-tops-", "train-random-"))}
+        assert set(cores) == {"tops", "random"} and cores["tops"] != cores["random"], cores

@@ -18,9 +18,12 @@ class HFEngine:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from tops.cpu_dtype import cpu_engine_dtype
+
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model)
-            self.model = AutoModelForCausalLM.from_pretrained(model, dtype=_DTYPES[cfg.dtype])
+            dtype = cfg.dtype if torch.cuda.is_available() else cpu_engine_dtype(cfg.dtype)
+            self.model = AutoModelForCausalLM.from_pretrained(model, dtype=_DTYPES[dtype])
         except OSError as exc:
             raise UserError(f"model '{model}': transformers cannot load it ({str(exc).splitlines()[0]})") from exc
         self.device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -276,7 +276,8 @@ def run_train(cfg: TopsConfig, method: str, data: Path, kind: str, out: Path, ba
     record_stage(out, record_name("train", params), config=stage("train").config(cfg, params),
                  inputs={"data": data, **({"base": model} if Path(model).exists() else {})},
                  rows=len(frame), seconds=clock["seconds"],
-                 summary={k: summary.get(k) for k in ("kind", "steps", "final_loss", "num_processes", "train_seconds")})
+                 summary={**{k: summary.get(k) for k in ("kind", "steps", "final_loss", "num_processes", "train_seconds")},
+                          **({"device_share": share} if (share := device_share()) else {})})
     return summary
 
 

@@ -207,7 +207,7 @@ def trainer_args(config_cls, cfg: TrainConfig, out_dir: Path, *, learning_rate: 
         max_steps=cfg.max_steps or -1,
         lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_ratio,  # a float below 1 is a share of the steps
-        bf16=cfg.bf16,
+        bf16=setup.bf16,
         fp16=False,
         gradient_checkpointing=setup.gradient_checkpointing,
         # non-reentrant: works with LoRA's frozen inputs and with activations that need no grad

@@ -96,10 +96,17 @@ def attention_for(cfg: TrainConfig, batching: str) -> str | None:
     return {"padding_free_flash": FLASH_ATTENTION, "padding_free_flex": "flex_attention"}.get(batching)
 
 
-def model_dtype_for(cfg: TrainConfig) -> str:
+def bf16_for(cfg: TrainConfig) -> bool:
+    """train.bf16 where the hardware computes in bfloat16 (tops/cpu_dtype.py: not on an AVX2-only CPU)."""
+    from tops.cpu_dtype import train_bf16
+
+    return train_bf16(cfg.bf16, cuda_available())
+
+
+def model_dtype_for(cfg: TrainConfig, bf16: bool | None = None) -> str:
     if cfg.model_dtype is not None:
         return cfg.model_dtype
-    if cfg.bf16 and (cfg.lora.enabled or deepspeed_config(cfg)):
+    if (bf16_for(cfg) if bf16 is None else bf16) and (cfg.lora.enabled or deepspeed_config(cfg)):
         return "bfloat16"
     return "float32"
 
@@ -122,6 +129,7 @@ class TrainSetup:
     batching: str
     attn_implementation: str | None
     model_dtype: str
+    bf16: bool  # mixed precision as it runs (train.bf16 on hardware with bfloat16 kernels)
     gradient_checkpointing: bool
     liger_kernels: bool
     torch_compile: bool
@@ -137,7 +145,9 @@ class TrainSetup:
 
 def resolve_setup(cfg: TrainConfig) -> TrainSetup:
     batching = choose_batching(cfg)
+    bf16 = bf16_for(cfg)
     return TrainSetup(batching=batching, attn_implementation=attention_for(cfg, batching),
-                      model_dtype=model_dtype_for(cfg), gradient_checkpointing=gradient_checkpointing_for(cfg),
+                      model_dtype=model_dtype_for(cfg, bf16), bf16=bf16,
+                      gradient_checkpointing=gradient_checkpointing_for(cfg),
                       liger_kernels=liger_for(cfg), torch_compile=cfg.torch_compile,
                       max_tokens_per_batch=cfg.max_tokens_per_batch)
