@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 RAY_TESTS = {"test_ray_runner_maps_generation_shards", "test_deployment_runs_the_loop_with_its_task_runner"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1]

@@ -8,9 +8,10 @@ hidden 128 with 2 heads (head_dim 64).
 from __future__ import annotations
 
 import random
-import shutil
 import tempfile
 from pathlib import Path
+
+from tops.models import publish_folder
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -125,7 +126,5 @@ def build_tiny_model(out_dir: str | Path, vocab_size: int = 512, seed: int = 0,
     model.save_pretrained(tmp, safe_serialization=True)
     fast.save_pretrained(tmp)
     (tmp / COMPLETE_MARKER).write_text("tiny\n")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
-    return out_dir
+    return publish_folder(tmp, out_dir, COMPLETE_MARKER)
+
