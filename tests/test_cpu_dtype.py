@@ -23,9 +23,9 @@ def test_detection_agrees_with_the_cpu_flags():
 def test_bfloat16_runs_as_float32_only_without_bf16_kernels(monkeypatch, capsys, native):
     monkeypatch.setattr(cpu_dtype, "cpu_has_native_bf16", lambda: native)
     for asked in ("bfloat16", "auto"):
-        assert cpu_dtype.cpu_engine_dtype(asked) == (asked if native else "float32")
+        assert cpu_dtype.engine_dtype(asked, on_gpu=False) == (asked if native else "float32")
     assert ("runs as float32" in capsys.readouterr().err) is not native
-    assert cpu_dtype.cpu_engine_dtype("float16") == "float16"  # asked for explicitly: kept
+    assert cpu_dtype.engine_dtype("float16", on_gpu=False) == "float16"  # asked for explicitly: kept
     assert cpu_dtype.train_bf16(True, on_gpu=False) is native
     assert cpu_dtype.train_bf16(True, on_gpu=True) and not cpu_dtype.train_bf16(False, on_gpu=True)
 

@@ -266,6 +266,23 @@ def atomic_write_text(text: str, path: str | Path) -> None:
         raise
 
 
+def publish_folder(tmp: Path, out_dir: Path, marker: str) -> Path:
+    """Move a finished folder into place; when another process (a second test worker, a second
+    `tops run`) finished the same folder first, keep theirs and drop ours."""
+    if (out_dir / marker).exists():
+        shutil.rmtree(tmp, ignore_errors=True)
+        return out_dir
+    if out_dir.exists():  # an unfinished leftover of a killed build
+        shutil.rmtree(out_dir, ignore_errors=True)
+    try:
+        tmp.rename(out_dir)
+    except OSError:
+        if not (out_dir / marker).exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
 # ---------------------------------------------------------------- fingerprints
 
 

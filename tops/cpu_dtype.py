@@ -33,10 +33,10 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
-def cpu_engine_dtype(dtype: str) -> str:
-    """The dtype a CPU engine loads with: bfloat16 (asked for, or `auto` over a bf16 checkpoint)
-    becomes float32 on a CPU without bf16 kernels."""
-    if dtype in {"bfloat16", "auto"} and not cpu_has_native_bf16():
+def engine_dtype(dtype: str, on_gpu: bool) -> str:
+    """The dtype an engine loads with: as asked on GPUs; bfloat16 (asked for, or `auto` over a
+    bf16 checkpoint) becomes float32 on a CPU without bf16 kernels."""
+    if not on_gpu and dtype in {"bfloat16", "auto"} and not cpu_has_native_bf16():
         print(f"engine.dtype {dtype} runs as float32: this CPU has no bfloat16 kernels (AVX2 only; "
               "float32 sampled 4.9x faster, tops/cpu_dtype.py)", file=sys.stderr)
         return "float32"

@@ -226,7 +226,7 @@ def train_estimate(shape: ModelShape, train_cfg, method: str = "sft", gpu_bytes:
     settings training resolves it to (tops.train.kernels: weights dtype, checkpointing)."""
     from tops.train.kernels import gradient_checkpointing_for, model_dtype_for
 
-    model_dtype = model_dtype_for(train_cfg)
+    model_dtype = model_dtype_for(train_cfg, train_cfg.bf16)  # planned for GPUs: bf16 as asked
     weight_bytes = _DTYPE_BYTES.get(model_dtype, _DTYPE_BYTES[shape.dtype])
     processes = train_cfg.num_processes
     shards = processes if _sharded(train_cfg) else 1

@@ -87,6 +87,8 @@ def prepare_default_model(out_dir: Path | None = None, force: bool = False) -> P
         model.to(torch.bfloat16).save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / COMPLETE_MARKER).write_text(f"converted from {gguf.name}\n")
+        from tops.artifacts import publish_folder
+
         publish_folder(tmp, out_dir, COMPLETE_MARKER)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -129,19 +131,3 @@ def load_tokenizer(model: str):
     except OSError as exc:
         raise UserError(f"model '{model}': cannot load its tokenizer ({str(exc).splitlines()[0]})") from exc
 
-
-def publish_folder(tmp: Path, out_dir: Path, marker: str) -> Path:
-    """Move a finished folder into place; when another process (a second test worker, a second
-    `tops run`) finished the same folder first, keep theirs and drop ours."""
-    if (out_dir / marker).exists():
-        shutil.rmtree(tmp, ignore_errors=True)
-        return out_dir
-    if out_dir.exists():  # an unfinished leftover of a killed build
-        shutil.rmtree(out_dir, ignore_errors=True)
-    try:
-        tmp.rename(out_dir)
-    except OSError:
-        if not (out_dir / marker).exists():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir

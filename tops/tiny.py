@@ -11,7 +11,7 @@ import random
 import tempfile
 from pathlib import Path
 
-from tops.models import publish_folder
+from tops.artifacts import publish_folder
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"

@@ -18,12 +18,12 @@ class HFEngine:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from tops.cpu_dtype import cpu_engine_dtype
+        from tops.cpu_dtype import engine_dtype
 
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model)
-            dtype = cfg.dtype if torch.cuda.is_available() else cpu_engine_dtype(cfg.dtype)
-            self.model = AutoModelForCausalLM.from_pretrained(model, dtype=_DTYPES[dtype])
+            dtype = _DTYPES[engine_dtype(cfg.dtype, on_gpu=torch.cuda.is_available())]
+            self.model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype)
         except OSError as exc:
             raise UserError(f"model '{model}': transformers cannot load it ({str(exc).splitlines()[0]})") from exc
         self.device = "cuda" if torch.cuda.is_available() else "cpu"

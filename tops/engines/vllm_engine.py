@@ -44,7 +44,7 @@ class VLLMEngine:
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_threads_bind())
         from vllm import LLM
 
-        from tops.cpu_dtype import cpu_engine_dtype
+        from tops.cpu_dtype import engine_dtype
 
         self.max_model_len = cfg.max_model_len
         try:
@@ -53,7 +53,7 @@ class VLLMEngine:
             self.llm = LLM(
                 model=model,
                 tokenizer=model,
-                dtype=cpu_engine_dtype(cfg.dtype) if _on_cpu() else cfg.dtype,
+                dtype=engine_dtype(cfg.dtype, on_gpu=not _on_cpu()),
                 seed=cfg.seed,
                 max_model_len=cfg.max_model_len,
                 tensor_parallel_size=cfg.tensor_parallel_size,

@@ -92,6 +92,11 @@ class ChildStage:
     def section(self) -> dict:
         return describe(self.stage).config(self.cfg, self.params)
 
+    @property
+    def folder(self) -> bool:
+        """The output is a model folder, not a Parquet file."""
+        return describe(self.stage).output == "model"
+
 
 class Loop:
     """Keys, output paths, failure naming and publishing for one run folder."""
@@ -180,10 +185,9 @@ class Loop:
         """Where every heavy stage of the loop starts. `spread` > 1 (flow.generate_shards): that many
         `--shard i/N` tasks over the flow's task runner (Ray places each), merged by a merge task;
         else one task, whose children are the node's engine groups (Loop.child)."""
-        folder = describe(stage.stage).output == "model"
         if spread == 1:
             return self.child(stage.name, stage.section, stage.inputs, stage.args, stage.cfg,
-                              train=stage.stage == "train", folder=folder, sharded=stage.sharded,
+                              train=stage.stage == "train", folder=stage.folder, sharded=stage.sharded,
                               method=stage.params.get("method", "sft"))
         names = [f"{stage.name}-shard{i}" for i in range(spread)]
         args = [[*stage.args, "--shard", f"{i}/{spread}"] for i in range(spread)]
@@ -230,7 +234,7 @@ class Loop:
         on a thread pool of their own here, whatever `flow.runner` maps elsewhere (Ray)."""
         from prefect.task_runners import ThreadPoolTaskRunner
 
-        keyed = [self.output(s.name, s.section, s.inputs, folder=describe(s.stage).output == "model") for s in stages]
+        keyed = [self.output(s.name, s.section, s.inputs, folder=s.folder) for s in stages]
         width = len(lanes)
 
         def run_all() -> list[str]:

@@ -103,10 +103,11 @@ def bf16_for(cfg: TrainConfig) -> bool:
     return train_bf16(cfg.bf16, cuda_available())
 
 
-def model_dtype_for(cfg: TrainConfig, bf16: bool | None = None) -> str:
+def model_dtype_for(cfg: TrainConfig, bf16: bool) -> str:
+    """Weights' dtype when bf16 mixed precision does (`bf16`) or does not run."""
     if cfg.model_dtype is not None:
         return cfg.model_dtype
-    if (bf16_for(cfg) if bf16 is None else bf16) and (cfg.lora.enabled or deepspeed_config(cfg)):
+    if bf16 and (cfg.lora.enabled or deepspeed_config(cfg)):
         return "bfloat16"
     return "float32"
 
