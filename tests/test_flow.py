@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import SMOKE_RUN_SETTINGS, run_smoke_flow
 
 from tops.artifacts import read_artifact
 from tops.config import load_config
@@ -25,21 +26,18 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def run_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("runs")
+def run_root(smoke_run):
+    return smoke_run.root
 
 
 def _overrides(root: Path, tiny_model_dir: Path, *extra: str) -> list[str]:
     return [f"run.root={root}", f"model.base={tiny_model_dir}", *extra]
 
 
-# The module's runs train every model under `accelerate launch` on two processes, started by the
-# flow exactly as `tops train` starts them; the killed-run test below trains on one.
-TWO_PROCESSES = "train.num_processes=2"
-
-
 def _module_overrides(root: Path, tiny_model_dir: Path, *extra: str) -> list[str]:
-    return _overrides(root, tiny_model_dir, TWO_PROCESSES, *extra)
+    """The session's smoke run's settings (every model trained on two processes): its stages are
+    cache hits unless `extra` changes them."""
+    return _overrides(root, tiny_model_dir, *SMOKE_RUN_SETTINGS, *extra)
 
 
 def _alive_with(needle: str) -> list[str]:
@@ -58,28 +56,7 @@ def _alive_with(needle: str) -> list[str]:
     return found
 
 
-def _run(overrides: list[str]):
-    """Run the flow; return (result, {task_run_name: state_name})."""
-    from prefect import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    from tops.flow.pipeline import tops_loop
-
-    state = tops_loop(config=str(SMOKE), overrides=overrides, return_state=True)
-    assert state.is_completed(), state.message
-    result = state.result()
-    flow_run_id = state.state_details.flow_run_id
-
-    async def task_states():
-        async with get_client() as client:
-            runs = await client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-            return {run.name: run.state.name for run in runs}
-
-    import anyio
-
-    result["flow_run_id"] = flow_run_id  # for tests that read the task runs' times
-    return result, anyio.run(task_states)
+_run = run_smoke_flow
 
 
 def _task_run_times(flow_run_id) -> dict[str, tuple]:
@@ -97,8 +74,9 @@ def _task_run_times(flow_run_id) -> dict[str, tuple]:
 
 
 @pytest.fixture(scope="module")
-def first_run(harness, run_root, tiny_model_dir):
-    return _run(_module_overrides(run_root, tiny_model_dir))
+def first_run(smoke_run):
+    """The session's smoke run (tests/conftest.py): (result, {task run name: state name})."""
+    return smoke_run.result, smoke_run.states
 
 
 EXPECTED = {
@@ -306,11 +284,15 @@ def test_serve_registers_a_scheduled_deployment(harness):
     assert deployment.parameters == {"config": str(SMOKE), "overrides": ["flow.iterations=0"]}
 
 
-def test_killed_flow_resumes_with_the_same_rows(tmp_path, tiny_model_dir):
+def test_killed_flow_resumes_with_the_same_rows(tmp_path, smoke_run):
     """Kill a real `tops run` while its generation child runs: no child survives the flow, and
-    rerunning finishes with every row once."""
-    overrides = _overrides(tmp_path, tiny_model_dir, "flow.iterations=0", "flow.random_baseline=false",
-                           "generate.shard_size=4", "eval.n_problems=3", "eval.seeds=[0]")
+    rerunning finishes with every row once. The run is a copy of the session's smoke run with
+    another sampling temperature: seed data and tag model are cache hits, generation and what
+    follows it run."""
+    overrides = [*smoke_run.continue_in(tmp_path), "generate.sampling.temperature=0.9", "flow.iterations=0",
+                 "flow.random_baseline=false", "generate.shard_size=4", "eval.n_problems=3", "eval.seeds=[0]"]
+    published = tmp_path / "smoke" / "samples.parquet"
+    before = published.read_bytes()  # the copied run's samples, at the temperature it ran with
     cmd = [sys.executable, "-m", "tops.cli", "run", "--config", str(SMOKE)]
     for item in overrides:
         cmd += ["--set", item]
@@ -329,12 +311,13 @@ def test_killed_flow_resumes_with_the_same_rows(tmp_path, tiny_model_dir):
     while _alive_with(str(tmp_path / "smoke")) and time.time() < deadline:
         time.sleep(0.2)
     assert not _alive_with(str(tmp_path / "smoke"))
-    assert not (tmp_path / "smoke" / "samples.parquet").exists()
+    assert published.read_bytes() == before  # nothing of the killed generation was published
 
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stderr[-3000:]
-    samples = read_artifact(tmp_path / "smoke" / "samples.parquet", "samples")
-    assert len(samples) == 12 * 3 * 4
+    samples = read_artifact(published, "samples")
+    assert published.read_bytes() != before and len(samples) == 12 * 3 * 4
+    assert re.search(r"\| train-tag \| [\d.]+ \| reused \|", second.stdout)  # continued, not redone
     assert not samples.duplicated(["problem_id", "effort", "sample_idx"]).any()
     assert "| tops | none |" in second.stdout
 

@@ -58,6 +58,22 @@ def test_per_effort_sample_counts(tmp_path, vllm_engine, smoke_config):
     assert first["effort"].tolist() == ["low", "medium", "high"] * 3
 
 
+def test_one_engine_call_mixes_sample_counts(vllm_engine, tiny_model_dir, smoke_config):
+    """A shard is one engine call with a sample count per request (vLLM keeps its batch full)."""
+    from tops.engines import make_engine
+    from tops.engines.base import samples_per_request
+
+    reqs = [Request([{"role": "user", "content": f"What is {i} + 2?"}]) for i in range(3)]
+    sampling = SamplingConfig(max_tokens=6, temperature=1.0)
+    hf = make_engine(str(tiny_model_dir), smoke_config.engine.model_copy(update={"kind": "hf"}))
+    for engine in (vllm_engine, hf):
+        out = engine.generate(reqs, [3, 1, 2], sampling)
+        assert [len(x) for x in out] == [3, 1, 2], engine.name
+        assert all(1 <= c.n_tokens <= 6 for x in out for c in x)
+    with pytest.raises(ValueError, match="2 sample counts for 3 requests"):
+        samples_per_request([1, 2], 3)
+
+
 def test_truncated_responses_are_marked(vllm_engine, smoke_config):
     reqs = [Request([{"role": "user", "content": "What is 1 + 1?"}])]
     out = vllm_engine.generate(reqs, 3, SamplingConfig(max_tokens=2, temperature=1.0))

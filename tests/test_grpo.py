@@ -170,24 +170,23 @@ def test_two_processes_gather_whole_groups_and_hold_the_same_targets(format_mode
     assert summary["group_sizes_by_process"] == [[4], [4]]
 
 
-def test_smoke_flow_with_grpo_iteration(harness, tiny_model_dir, tmp_path):
-    """`flow.iter_method: grpo` end to end on the smoke profile (no random baseline, one seed of
-    evaluation to keep it short): iteration 1 is GRPO from the TOPS model on its problems, with
-    no sampling stage before it, evaluated with the others, in the report and the rounds."""
+def test_smoke_flow_with_grpo_iteration(harness, smoke_run, tmp_path):
+    """`flow.iter_method: grpo` end to end on the smoke profile: iteration 1 is GRPO from the TOPS
+    model on its problems, with no sampling stage before it, evaluated with the others, in the
+    report and the rounds. It continues a copy of the session's smoke run (everything up to the
+    TOPS model is a cache hit); GRPO itself runs in one process."""
+    from conftest import run_smoke_flow
     from tops.artifacts import read_artifact
-    from tops.flow.pipeline import tops_loop
 
-    state = tops_loop(config=str(REPO / "configs" / "smoke.yaml"), return_state=True, overrides=[
-        f"run.root={tmp_path}", f"model.base={tiny_model_dir}", "flow.iter_method=grpo",
-        "flow.random_baseline=false", "eval.seeds=[0]", "flow.train_overrides.tag.epochs=8",
-        "flow.train_overrides.tops.epochs=3"])  # the outputs are noise either way: fewer epochs
-    assert state.is_completed(), state.message
-    run_dir = Path(state.result()["run_dir"])
+    result, states = run_smoke_flow([*smoke_run.continue_in(tmp_path), "flow.iter_method=grpo",
+                                     "flow.train_overrides.iter_grpo.num_processes=1"])
+    run_dir = Path(result["run_dir"])
+    assert states["train-tops"] == "Cached" and states["train-iter1"] == states["eval-iter1"] == "Completed", states
+    assert "generate-iter1" not in states  # GRPO samples its own rollouts
     summary = json.loads((run_dir / "models" / "iter1" / "train_summary.json").read_text())
     assert summary["kind"] == "grpo" and summary["reward"] == "laser-d" and summary["steps"] == 2
     assert summary["base_model"].endswith(os.readlink(run_dir / "models" / "tops").split("/")[-1])
     assert [t["step"] for t in summary["targets"]] == [0]
-    assert not (run_dir / "iter1" / "verified.parquet").exists()  # GRPO samples its own rollouts
     evals = read_artifact(run_dir / "eval.parquet", "eval")
     assert "iter1" in set(evals["model"])
     report = (run_dir / "report.md").read_text()

@@ -54,10 +54,11 @@ import json
 import math
 import random
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from tops.config import AlphaOneConfig, BudgetForcingConfig, SamplingConfig
-from tops.engines.base import Completion, Engine, Request
+from tops.engines.base import Completion, Engine, Request, samples_per_request
 from tops.errors import UserError
 
 DepthControl = BudgetForcingConfig | AlphaOneConfig
@@ -460,20 +461,28 @@ def generate_controlled(engine: Engine, requests: list[Request], n: int, samplin
     return [samples[i * n:(i + 1) * n] for i in range(len(requests))]
 
 
-def generate_with_depth(engine: Engine, requests: list[Request], n: int, sampling: SamplingConfig,
+def generate_with_depth(engine: Engine, requests: list[Request], n: int | Sequence[int], sampling: SamplingConfig,
                         depth: dict[str, DepthControl]) -> list[list[Completion]]:
     """engine.generate, with each request's effort (meta["effort"]) under its configured depth
-    control; requests without one go to the engine in one plain call. Request order is kept."""
+    control; requests without one go to the engine in one plain call (n may differ per request).
+    Request order is kept."""
+    counts = samples_per_request(n, len(requests))
     controls = [depth.get(r.meta.get("effort")) for r in requests]
     if all(c is None for c in controls):
-        return engine.generate(requests, n, sampling)
+        return engine.generate(requests, counts, sampling)
     out: list[list[Completion] | None] = [None] * len(requests)
     plain = [i for i, c in enumerate(controls) if c is None]
     if plain:
-        for i, comps in zip(plain, engine.generate([requests[i] for i in plain], n, sampling), strict=True):
+        for i, comps in zip(plain, engine.generate([requests[i] for i in plain], [counts[i] for i in plain], sampling),
+                            strict=True):
             out[i] = comps
-    ruled = [i for i, c in enumerate(controls) if c is not None]
-    results = generate_controlled(engine, [requests[i] for i in ruled], n, sampling, [controls[i] for i in ruled])
-    for i, samples in zip(ruled, results, strict=True):
-        out[i] = [s.completion for s in samples]
+    ruled_by_count: dict[int, list[int]] = {}  # a controlled round samples every origin alike
+    for i, control in enumerate(controls):
+        if control is not None:
+            ruled_by_count.setdefault(counts[i], []).append(i)
+    for count, ruled in ruled_by_count.items():
+        results = generate_controlled(engine, [requests[i] for i in ruled], count, sampling,
+                                      [controls[i] for i in ruled])
+        for i, samples in zip(ruled, results, strict=True):
+            out[i] = [s.completion for s in samples]
     return out

@@ -75,17 +75,11 @@ def _shard_rows(problems: pd.DataFrame, requests: list[Request], completions, mo
 
 def _generate_shard(engine: Engine, shard: list[Request], n_by_effort: dict[str, int],
                     sampling: SamplingConfig, depth: dict) -> list[list]:
-    """One engine call per distinct sample count in the shard (one call in the usual case of a
-    single n_samples); completions come back in request order."""
-    by_n: dict[int, list[int]] = {}
-    for i, request in enumerate(shard):
-        by_n.setdefault(n_by_effort[request.meta["effort"]], []).append(i)
-    completions: list[list] = [[] for _ in shard]
-    for n, positions in by_n.items():
-        results = generate_with_depth(engine, [shard[i] for i in positions], n, sampling, depth)
-        for i, samples in zip(positions, results, strict=True):
-            completions[i] = samples
-    return completions
+    """One engine call for the whole shard, each request with its effort's sample count: vLLM
+    keeps its batch full across efforts instead of draining one effort's tail before the next
+    (BENCHMARKS.md, "Sampling in one call"). Completions come back in request order."""
+    counts = [n_by_effort[request.meta["effort"]] for request in shard]
+    return generate_with_depth(engine, shard, counts, sampling, depth)
 
 
 def _progress(enabled: bool) -> Progress:

@@ -7,6 +7,7 @@ that the model must continue (step-wise depth controls resubmit such prefixes).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 Message = dict[str, str]
@@ -38,8 +39,8 @@ class Request:
 class Engine(Protocol):
     name: str
 
-    def generate(self, requests: list[Request], n: int, sampling) -> list[list[Completion]]:
-        """n completions per request, in request order."""
+    def generate(self, requests: list[Request], n: int | Sequence[int], sampling) -> list[list[Completion]]:
+        """n completions per request (or n[i] for request i), in request order."""
         ...
 
     def count_tokens(self, texts: list[str]) -> list[int]:
@@ -48,3 +49,15 @@ class Engine(Protocol):
 
     def close(self) -> None:
         ...
+
+
+def samples_per_request(n: int | Sequence[int], count: int) -> list[int]:
+    """One sample count per request. A list lets one engine call mix counts (the demo samples its
+    low effort 4 times and the others once), so a continuous-batching engine keeps its batch full
+    instead of finishing one call's long tail before the next call starts."""
+    if isinstance(n, int):
+        return [n] * count
+    counts = [int(k) for k in n]
+    if len(counts) != count:
+        raise ValueError(f"{len(counts)} sample counts for {count} requests")
+    return counts

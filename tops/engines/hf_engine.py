@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
-from tops.engines.base import Completion, Request
+from tops.engines.base import Completion, Request, samples_per_request
 from tops.engines.render import count_tokens, render_chat, render_ids, response_text
 from tops.errors import UserError
 
@@ -37,14 +38,21 @@ class HFEngine:
         self.eos_ids = set(_as_list(self.model.generation_config.eos_token_id)) | {self.tokenizer.eos_token_id}
         self.eos_ids.discard(None)
 
-    def generate(self, requests: list[Request], n: int, sampling) -> list[list[Completion]]:
+    def generate(self, requests: list[Request], n: int | Sequence[int], sampling) -> list[list[Completion]]:
         import torch
 
         torch.manual_seed(self.seed)
-        results: list[list[Completion]] = []
-        for start in range(0, len(requests), self.batch_size):
-            batch = requests[start:start + self.batch_size]
-            results.extend(self._generate_batch(batch, n, sampling))
+        counts = samples_per_request(n, len(requests))
+        results: list[list[Completion] | None] = [None] * len(requests)
+        by_count: dict[int, list[int]] = {}  # generate() takes one num_return_sequences per batch
+        for i, count in enumerate(counts):
+            by_count.setdefault(count, []).append(i)
+        for count, positions in by_count.items():
+            for start in range(0, len(positions), self.batch_size):
+                batch = positions[start:start + self.batch_size]
+                for i, samples in zip(batch, self._generate_batch([requests[i] for i in batch], count, sampling),
+                                      strict=True):
+                    results[i] = samples
         return results
 
     def _generate_batch(self, batch: list[Request], n: int, sampling) -> list[list[Completion]]:

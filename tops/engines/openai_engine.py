@@ -15,10 +15,11 @@ with one line; the server's `usage` is summed for the stage's record.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 from tops.config.base import quoted
-from tops.engines.base import Completion, Request
+from tops.engines.base import Completion, Request, samples_per_request
 from tops.engines.render import count_tokens, render_chat, response_text
 from tops.engines.retrying import Policy, RetryingClient
 from tops.errors import ServiceError, UserError
@@ -107,12 +108,13 @@ class OpenAIEngine:
         except (TemplateError, ValueError):
             return None
 
-    def generate(self, requests: list[Request], n: int, sampling) -> list[list[Completion]]:
+    def generate(self, requests: list[Request], n: int | Sequence[int], sampling) -> list[list[Completion]]:
         """n completions per request; the first request that fails for good stops the others
         (none starts or retries after it) and its error is raised."""
         self.http.stop.clear()
         with ThreadPoolExecutor(self.concurrency) as pool:
-            futures = [pool.submit(self._one, r, n, sampling) for r in requests]
+            futures = [pool.submit(self._one, r, count, sampling)
+                       for r, count in zip(requests, samples_per_request(n, len(requests)), strict=True)]
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
             failed = next((f for f in futures if f in done and f.exception() is not None), None)
             if failed is not None:

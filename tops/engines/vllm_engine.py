@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import gc
 import os
+from collections.abc import Sequence
 
-from tops.engines.base import Completion, Request
+from tops.engines.base import Completion, Request, samples_per_request
 from tops.engines.render import count_tokens, render_chat, render_ids, response_text
 from tops.errors import UserError
 
@@ -66,12 +67,12 @@ class VLLMEngine:
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
 
-    def generate(self, requests: list[Request], n: int, sampling) -> list[list[Completion]]:
+    def generate(self, requests: list[Request], n: int | Sequence[int], sampling) -> list[list[Completion]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         prompts, params, chats = [], [], []
-        for request in requests:
+        for request, count in zip(requests, samples_per_request(n, len(requests)), strict=True):
             chats.append(render_chat(self.tokenizer, request))
             ids = render_ids(self.tokenizer, request)
             room = self.max_model_len - len(ids)
@@ -79,7 +80,7 @@ class VLLMEngine:
                 raise UserError(f"prompt of {len(ids)} tokens does not fit max_model_len={self.max_model_len}")
             prompts.append(TokensPrompt(prompt_token_ids=ids))
             params.append(SamplingParams(
-                n=n,
+                n=count,
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,
                 max_tokens=min(sampling.max_tokens, room),
