@@ -176,6 +176,7 @@ def test_smoke_flow_with_grpo_iteration(harness, smoke_run, tmp_path):
     report and the rounds. It continues a copy of the session's smoke run (everything up to the
     TOPS model is a cache hit); GRPO itself runs in one process."""
     from conftest import run_smoke_flow
+
     from tops.artifacts import read_artifact
 
     result, states = run_smoke_flow([*smoke_run.continue_in(tmp_path), "flow.iter_method=grpo",

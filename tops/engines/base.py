@@ -6,8 +6,8 @@ that the model must continue (step-wise depth controls resubmit such prefixes).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 Message = dict[str, str]
