@@ -24,6 +24,7 @@ from tops.config import (
 )
 from tops.depth import generate_controlled, generate_with_depth
 from tops.engines import Completion, Request
+from tops.engines.base import samples_per_request
 from tops.errors import UserError
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
@@ -47,9 +48,10 @@ class ScriptEngine:
         self.calls: list[dict] = []
 
     def generate(self, requests, n, sampling):
+        counts = samples_per_request(n, len(requests))
         self.calls.append({"requests": len(requests), "n": n, "max_tokens": sampling.max_tokens,
                            "stop": list(sampling.stop), "prefixes": [r.prefix for r in requests]})
-        return [[self._one(r, sampling)] * n for r in requests]
+        return [[self._one(r, sampling)] * count for r, count in zip(requests, counts, strict=True)]
 
     def _one(self, request, sampling) -> Completion:
         script = self.script(request) if callable(self.script) else self.script
@@ -233,6 +235,10 @@ def test_generate_with_depth_keeps_order_and_leaves_other_efforts_alone():
     engine.calls.clear()
     generate_with_depth(engine, reqs, 2, SamplingConfig(max_tokens=60), {})
     assert len(engine.calls) == 1 and engine.calls[0]["requests"] == 4
+    # a sample count per request (a shard mixing efforts): each request gets its own, controlled or not
+    out = generate_with_depth(engine, reqs, [3, 2, 1, 2], SamplingConfig(max_tokens=60), depth)
+    assert [len(row) for row in out] == [3, 2, 1, 2]
+    assert [row[0].depth_control for row in out] == ["none", "budget", "none", "alphaone"]
 
 
 def test_alphaone_draws_are_seeded_per_sample():

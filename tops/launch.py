@@ -90,11 +90,11 @@ def launch(commands: Sequence[Command], log: Callable[[str, str], None]) -> list
         for command in commands:
             proc = subprocess.Popen(command.argv, env={**env_base, **command.env}, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+            with _LIVE_LOCK:  # at once: a signal handled while the pump thread starts must find it
+                _LIVE.add(proc)
             tail: deque = deque(maxlen=TAIL_LINES)
             pump = threading.Thread(target=_pump, args=(proc, command.name, tail, log), daemon=True)
             pump.start()
-            with _LIVE_LOCK:
-                _LIVE.add(proc)
             started.append((command, proc, tail, pump, time.perf_counter()))
         finished = []
         for command, proc, tail, pump, t0 in started:
