@@ -123,7 +123,7 @@ def test_laser_demo_configuration(tmp_path):
     config = REPO / "configs" / "laser-demo.yaml"
     cfg = load_config(config, [f"run.root={tmp_path}"])
     assert cfg.grpo.reward == "laser-d" and cfg.grpo.rollouts == "transformers"
-    assert steps_per_generation(cfg.train, cfg.grpo) == 4
+    assert steps_per_generation(cfg.train, cfg.grpo) == 2
     assert cfg.flow.iter_problems >= cfg.train.max_steps * cfg.grpo.prompts_per_step  # no problem twice
     source = tmp_path / "demo"
     with pytest.raises(UserError, match="run `tops demo` first"):
