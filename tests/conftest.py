@@ -30,11 +30,11 @@ REPO = Path(__file__).resolve().parents[1]
 RAY_TESTS = {"test_ray_runner_maps_generation_shards", "test_deployment_runs_the_loop_with_its_task_runner"}
 # Tests of other modules that continue the session's finished smoke run (fixture `smoke_run`): in
 # test_flow's unit, the worker that made the run.
-ON_THE_SMOKE_RUN = {"test_smoke_flow_with_grpo_iteration"}
+ON_THE_SMOKE_RUN = {"test_smoke_flow_with_grpo_iteration", "test_flow_on_two_vllm_engines_matches_one_engine"}
 # Units by their time in the last profiled run (seconds on 2 busy cores, `pytest --durations`),
 # longest first; the others follow in collection order.
-LONGEST_FIRST = ("test_flow", "test_engine_shards", "ray", "test_campaign", "test_gpu_node", "test_generate",
-                 "test_hostile_process", "test_native_efforts", "test_grpo", "test_models", "test_cli", "test_choice")
+LONGEST_FIRST = ("test_flow", "ray", "test_campaign", "test_gpu_node", "test_generate", "test_hostile_process",
+                 "test_native_efforts", "test_launch", "test_grpo", "test_models", "test_cli", "test_choice")
 
 
 def unit_of(nodeid: str) -> str:

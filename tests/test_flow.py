@@ -288,7 +288,9 @@ def test_killed_flow_resumes_with_the_same_rows(tmp_path, smoke_run):
     """Kill a real `tops run` while its generation child runs: no child survives the flow, and
     rerunning finishes with every row once. The run is a copy of the session's smoke run with
     another sampling temperature: seed data and tag model are cache hits, generation and what
-    follows it run."""
+    follows it run. Both `tops run`s use the session's Prefect server (no server start each)."""
+    from prefect.settings import PREFECT_API_URL
+
     overrides = [*smoke_run.continue_in(tmp_path), "generate.sampling.temperature=0.9", "flow.iterations=0",
                  "flow.random_baseline=false", "generate.shard_size=4", "eval.n_problems=3", "eval.seeds=[0]"]
     published = tmp_path / "smoke" / "samples.parquet"
@@ -296,7 +298,7 @@ def test_killed_flow_resumes_with_the_same_rows(tmp_path, smoke_run):
     cmd = [sys.executable, "-m", "tops.cli", "run", "--config", str(SMOKE)]
     for item in overrides:
         cmd += ["--set", item]
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": PREFECT_API_URL.value()}
     first = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE)
     stages = tmp_path / "smoke" / "stages"
