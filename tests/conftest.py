@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from xdist.scheduler import LoadScopeScheduling
 
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -47,16 +48,17 @@ def unit_of(nodeid: str) -> str:
     return "test_flow" if name in ON_THE_SMOKE_RUN else module
 
 
+class ModuleUnits(LoadScopeScheduling):
+    """xdist's scope scheduling with our units as the scopes."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        return unit_of(nodeid)
+
+
 @pytest.hookimpl(optionalhook=True)  # also without xdist (`-p no:xdist`)
 def pytest_xdist_make_scheduler(config, log):
     if config.getvalue("dist") != "loadgroup":
         return None
-    from xdist.scheduler import LoadScopeScheduling
-
-    class ModuleUnits(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return unit_of(nodeid)
-
     config.option.loadscopereorder = False  # our order, not xdist's by number of tests
     return ModuleUnits(config, log)
 
