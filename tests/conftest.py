@@ -116,6 +116,12 @@ SMOKE = REPO / "configs" / "smoke.yaml"
 SMOKE_RUN_SETTINGS = ("train.num_processes=2",)
 
 
+def smoke_overrides(root: Path, tiny_model_dir: Path, *extra: str) -> list[str]:
+    """The shared run's overrides under run.root `root`: its stages are cache hits unless `extra`
+    changes them."""
+    return [f"run.root={root}", f"model.base={tiny_model_dir}", *SMOKE_RUN_SETTINGS, *extra]
+
+
 @dataclass(frozen=True)
 class SmokeRun:
     root: Path  # run.root of the session's run (test_flow reruns and changes it in place)
@@ -125,7 +131,7 @@ class SmokeRun:
     tiny_model_dir: Path
 
     def overrides(self, root: Path, *extra: str) -> list[str]:
-        return [f"run.root={root}", f"model.base={self.tiny_model_dir}", *SMOKE_RUN_SETTINGS, *extra]
+        return smoke_overrides(root, self.tiny_model_dir, *extra)
 
     def continue_in(self, root: Path) -> list[str]:
         """Copy the finished run under `root`; returns the overrides that continue it there (only
@@ -160,10 +166,10 @@ def run_smoke_flow(overrides: list[str]) -> tuple[dict, dict[str, str]]:
 @pytest.fixture(scope="session")
 def smoke_run(harness, tmp_path_factory, tiny_model_dir) -> SmokeRun:
     """The whole smoke loop, once per session (the suite's longest piece of work): test_flow asks
-    it about every artifact and reruns it; the GRPO-iteration and rounds tests continue a copy."""
+    it about every artifact and reruns it; the two-engine, GRPO-iteration and killed-flow tests
+    continue a copy."""
     root = tmp_path_factory.mktemp("runs")
-    overrides = [f"run.root={root}", f"model.base={tiny_model_dir}", *SMOKE_RUN_SETTINGS]
-    result, states = run_smoke_flow(overrides)
+    result, states = run_smoke_flow(smoke_overrides(root, tiny_model_dir))
     run_dir = Path(result["run_dir"])
     pristine = tmp_path_factory.mktemp("pristine") / run_dir.name
     shutil.copytree(run_dir, pristine, symlinks=True)

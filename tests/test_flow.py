@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import SMOKE_RUN_SETTINGS, run_smoke_flow
+from conftest import run_smoke_flow, smoke_overrides
 
 from tops.artifacts import read_artifact
 from tops.config import load_config
@@ -34,10 +34,7 @@ def _overrides(root: Path, tiny_model_dir: Path, *extra: str) -> list[str]:
     return [f"run.root={root}", f"model.base={tiny_model_dir}", *extra]
 
 
-def _module_overrides(root: Path, tiny_model_dir: Path, *extra: str) -> list[str]:
-    """The session's smoke run's settings (every model trained on two processes): its stages are
-    cache hits unless `extra` changes them."""
-    return _overrides(root, tiny_model_dir, *SMOKE_RUN_SETTINGS, *extra)
+_module_overrides = smoke_overrides  # the session's smoke run's settings (tests/conftest.py)
 
 
 def _alive_with(needle: str) -> list[str]:

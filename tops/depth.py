@@ -58,7 +58,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from tops.config import AlphaOneConfig, BudgetForcingConfig, SamplingConfig
-from tops.engines.base import Completion, Engine, Request, samples_per_request
+from tops.engines.base import Completion, Engine, Request, positions_by_count, samples_per_request
 from tops.errors import UserError
 
 DepthControl = BudgetForcingConfig | AlphaOneConfig
@@ -476,13 +476,11 @@ def generate_with_depth(engine: Engine, requests: list[Request], n: int | Sequen
         for i, comps in zip(plain, engine.generate([requests[i] for i in plain], [counts[i] for i in plain], sampling),
                             strict=True):
             out[i] = comps
-    ruled_by_count: dict[int, list[int]] = {}  # a controlled round samples every origin alike
-    for i, control in enumerate(controls):
-        if control is not None:
-            ruled_by_count.setdefault(counts[i], []).append(i)
-    for count, ruled in ruled_by_count.items():
-        results = generate_controlled(engine, [requests[i] for i in ruled], count, sampling,
-                                      [controls[i] for i in ruled])
-        for i, samples in zip(ruled, results, strict=True):
+    ruled = [i for i, c in enumerate(controls) if c is not None]
+    for count, group in positions_by_count([counts[i] for i in ruled]).items():  # a round samples its origins alike
+        ruled_group = [ruled[j] for j in group]
+        results = generate_controlled(engine, [requests[i] for i in ruled_group], count, sampling,
+                                      [controls[i] for i in ruled_group])
+        for i, samples in zip(ruled_group, results, strict=True):
             out[i] = [s.completion for s in samples]
     return out

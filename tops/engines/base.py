@@ -61,3 +61,11 @@ def samples_per_request(n: int | Sequence[int], count: int) -> list[int]:
     if len(counts) != count:
         raise ValueError(f"{len(counts)} sample counts for {count} requests")
     return counts
+
+
+def positions_by_count(counts: Sequence[int]) -> dict[int, list[int]]:
+    """Request positions grouped by sample count, for a path that takes one count per call."""
+    groups: dict[int, list[int]] = {}
+    for i, count in enumerate(counts):
+        groups.setdefault(count, []).append(i)
+    return groups

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from tops.engines.base import Completion, Request, samples_per_request
+from tops.engines.base import Completion, Request, positions_by_count, samples_per_request
 from tops.engines.render import count_tokens, render_chat, render_ids, response_text
 from tops.errors import UserError
 
@@ -42,12 +42,9 @@ class HFEngine:
         import torch
 
         torch.manual_seed(self.seed)
-        counts = samples_per_request(n, len(requests))
         results: list[list[Completion] | None] = [None] * len(requests)
-        by_count: dict[int, list[int]] = {}  # generate() takes one num_return_sequences per batch
-        for i, count in enumerate(counts):
-            by_count.setdefault(count, []).append(i)
-        for count, positions in by_count.items():
+        # generate() takes one num_return_sequences per batch
+        for count, positions in positions_by_count(samples_per_request(n, len(requests))).items():
             for start in range(0, len(positions), self.batch_size):
                 batch = positions[start:start + self.batch_size]
                 for i, samples in zip(batch, self._generate_batch([requests[i] for i in batch], count, sampling),
