@@ -4,7 +4,10 @@ flow's wall time (timings.json) against the time the stage's own runner measured
 config) plus the task's bookkeeping; light stages run in the flow's process and show that
 bookkeeping alone.
 
-    PYTHONPATH=. python bench/flow_overhead.py [--config configs/smoke.yaml] [--set k=v ...]
+Both ways by default: children as plain processes, then forked from the zygote (tops/zygote.py),
+and the ratio of the two.
+
+    PYTHONPATH=. python bench/flow_overhead.py [--config configs/smoke.yaml] [--set k=v ...] [--zygote both|on|off]
 """
 
 from __future__ import annotations
@@ -21,16 +24,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--config", default=str(REPO / "configs" / "smoke.yaml"))
-    parser.add_argument("--set", dest="sets", action="append", default=[])
-    args = parser.parse_args()
+def run_flow(config: str, sets: list[str], zygote: bool) -> tuple[float, list[tuple[str, bool, float, float]]]:
+    """One smoke flow in a fresh folder: its wall time and, per stage, (name, child?, flow s, stage s)."""
     root = Path(tempfile.mkdtemp(prefix="tops-bench-"))
-    cmd = [sys.executable, "-m", "tops.cli", "run", "--config", args.config, "--set", f"run.root={root}"]
-    for item in args.sets:
+    cmd = [sys.executable, "-m", "tops.cli", "run", "--config", config, "--set", f"run.root={root}"]
+    for item in sets:
         cmd += ["--set", item]
-    env = {**os.environ, "PREFECT_HOME": str(root / "prefect"), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PREFECT_HOME": str(root / "prefect"), "PYTHONPATH": str(REPO),
+           "TOPS_ZYGOTE": "1" if zygote else "0"}
     started = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
@@ -47,14 +48,35 @@ def main() -> None:
         inside = records.get(stem, {}).get("seconds")
         if inside is not None:
             rows.append((stem.rsplit("-", 1)[0], stem in heavy, seconds, inside))
-    print(f"{'stage':<18} {'where':<7} {'flow s':>7} {'stage s':>8} {'overhead s':>10}")
-    for name, child, flow_s, stage_s in rows:
-        print(f"{name:<18} {'child' if child else 'flow':<7} {flow_s:7.1f} {stage_s:8.1f} {flow_s - stage_s:10.1f}")
-    children = [r for r in rows if r[1]]
-    overhead = sum(f - s for _, _, f, s in children)
-    print(f"\nflow wall time {wall:.1f} s ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at the end); "
-          f"{len(children)} child stages, overhead {overhead:.1f} s in total "
-          f"({overhead / max(len(children), 1):.1f} s per child, {overhead / wall:.0%} of the wall time)")
+    return wall, rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", default=str(REPO / "configs" / "smoke.yaml"))
+    parser.add_argument("--set", dest="sets", action="append", default=[])
+    parser.add_argument("--zygote", choices=["on", "off", "both"], default="both",
+                        help="children forked from a pre-imported zygote (tops/zygote.py), plain processes, or "
+                             "one flow each (plain first) and their ratio")
+    args = parser.parse_args()
+    settings = {"on": [True], "off": [False], "both": [False, True]}[args.zygote]
+    totals = {}
+    for zygote in settings:
+        wall, rows = run_flow(args.config, args.sets, zygote)
+        print(f"\n== children {'forked from the zygote' if zygote else 'as plain processes'}")
+        print(f"{'stage':<18} {'where':<7} {'flow s':>7} {'stage s':>8} {'overhead s':>10}")
+        for name, child, flow_s, stage_s in rows:
+            print(f"{name:<18} {'child' if child else 'flow':<7} {flow_s:7.1f} {stage_s:8.1f} {flow_s - stage_s:10.1f}")
+        children = [r for r in rows if r[1]]
+        overhead = sum(f - s for _, _, f, s in children)
+        totals[zygote] = (wall, overhead)
+        print(f"\nflow wall time {wall:.1f} s ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at the end); "
+              f"{len(children)} child stages, overhead {overhead:.1f} s in total "
+              f"({overhead / max(len(children), 1):.1f} s per child, {overhead / wall:.0%} of the wall time)")
+    if len(totals) == 2:
+        (plain_wall, plain_over), (zyg_wall, zyg_over) = totals[False], totals[True]
+        print(f"\nzygote / plain: flow wall time {zyg_wall / plain_wall:.2f}x ({plain_wall:.1f} -> {zyg_wall:.1f} s), "
+              f"child overhead {zyg_over / max(plain_over, 1e-9):.2f}x ({plain_over:.1f} -> {zyg_over:.1f} s)")
 
 
 if __name__ == "__main__":

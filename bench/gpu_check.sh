@@ -7,7 +7,7 @@
 # what a flow run needs that the GPU image lacks (Prefect's closure and math-verify), each at
 # this checkout's .venv version (a newer fastapi than the .venv's broke Prefect's server there):
 #   bash bench/gpu_check.sh --fetch
-# Then one device call with carry [".whl"]: `bash bench/gpu_check.sh` (timeout_s ~480).
+# Then one device call with carry [".whl"]: `bash bench/gpu_check.sh` (timeout_s 560; 2026-12-04: 360 s).
 set -u
 FLOW_WHEELS="aiosqlite alembic amplitude-analytics annotated-doc antlr4-python3-runtime anyio  \
   apprise asgi-lifespan asyncpg attrs beartype burner-redis cachetools certifi cffi click  \
@@ -29,7 +29,7 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-/tmp/tops-gpu-check}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import prefect, trl, datasets, math_verify, torch, tops.cli; print('imports ok: prefect', prefect.__version__, 'trl', trl.__version__, 'torch', torch.__version__)"
-timeout "${FLOW_S:-240}" python3 bench/gpu_flow_memory.py --out "$OUT/flow_memory.json" > "$OUT/flow.log" 2>&1
+timeout "${FLOW_S:-330}" python3 bench/gpu_flow_memory.py --out "$OUT/flow_memory.json" > "$OUT/flow.log" 2>&1
 echo "flow rc=$?"; grep -v 'it/s\]' "$OUT/flow.log" | tail -45
-timeout "${TRAIN_S:-200}" python3 bench/train_sft.py --gpu --contenders "${CONTENDERS:-plain,tops}" --out "$OUT/train_sft_gpu.json" > "$OUT/train_sft.log" 2>&1
+timeout "${TRAIN_S:-170}" python3 bench/train_sft.py --gpu --contenders "${CONTENDERS:-plain,tops}" --out "$OUT/train_sft_gpu.json" > "$OUT/train_sft.log" 2>&1
 echo "train_sft rc=$?"; grep -v 'it/s\]' "$OUT/train_sft.log" | grep -E 'tok/s|x$|GiB|failed'

@@ -85,7 +85,9 @@ def main() -> None:
     cmd = [sys.executable, "-m", "tops.cli", "run", "--config", args.config, "--set", f"run.root={root}"]
     for item in args.sets:
         cmd += ["--set", item]
-    env = {**os.environ, "PREFECT_HOME": str(root / "prefect"), "PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}"}
+    # TOPS_ZYGOTE=0: stages are attributed by their command line, which a forked child would not have.
+    env = {**os.environ, "PREFECT_HOME": str(root / "prefect"), "TOPS_ZYGOTE": "0",
+           "PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}"}
     used = gpu_used_mib()
     idle_before = used()
     samples: list[tuple[float, float | None, list[str]]] = []

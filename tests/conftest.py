@@ -110,10 +110,11 @@ def harness():
 
 
 SMOKE = REPO / "configs" / "smoke.yaml"
-# The shared run trains every model under `accelerate launch` on two processes, started by the flow
-# exactly as `tops train` starts them; a test that continues it keeps this setting, so the stages
-# it does not change are cache hits.
-SMOKE_RUN_SETTINGS = ("train.num_processes=2",)
+# The shared run trains its tag model under `accelerate launch` on two processes, started by the flow
+# exactly as `tops train` starts them, and the models after it on one (two processes cost ~20 s of
+# launcher and imports per model on 2 cores); a test that continues it keeps this setting, so the
+# stages it does not change are cache hits.
+SMOKE_RUN_SETTINGS = ("flow.train_overrides.tag.num_processes=2",)
 
 
 def smoke_overrides(root: Path, tiny_model_dir: Path, *extra: str) -> list[str]:

@@ -144,17 +144,17 @@ def test_a_run_is_watched_in_tensorboard(first_run):
 
 
 def test_flow_trains_under_two_real_processes(first_run):
-    """What the trainer's processes recorded, not what was asked for (iter1 may have kept the TOPS
-    model when its samples had nothing to learn from)."""
+    """What the trainer's processes recorded, not what was asked for: the tag model on the two
+    processes its override asks for, the models after it on train.num_processes (one)."""
     result, states = first_run
     run_dir = Path(result["run_dir"])
-    for model in ("tag", "tops", "random", "iter1"):
+    for model in ("tag", "tops", "random"):
         summary = json.loads((run_dir / "models" / model / "train_summary.json").read_text())
-        assert summary["num_processes"] == 2, model
+        assert summary["num_processes"] == (2 if model == "tag" else 1), model
     records = json.loads((run_dir / "stages" / "manifest.json").read_text())["stages"]
-    trained = [r for r in records.values() if r["stage"] == "train-sft"]
+    trained = {name: r for name, r in records.items() if r["stage"] == "train-sft"}
     assert len(trained) == len([name for name in states if name.startswith("train-")]) >= 3
-    assert all(r["summary"]["num_processes"] == 2 for r in trained)
+    assert sorted(r["summary"]["num_processes"] for r in trained.values()).count(2) == 1, trained
 
 
 def test_evaluations_run_side_by_side_in_their_own_lanes(first_run):

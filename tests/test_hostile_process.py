@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tops.pids import alive
+
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
 SERVER = "prefect.server.api.server:create_app"
@@ -34,14 +36,6 @@ def _children(pid: int) -> list[tuple[int, str]]:
         if int(stat[1]) == pid and stat[0] != "Z":
             found.append((int(entry), cmdline))
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _tops_run(tmp_path: Path, *sets: str, **popen) -> subprocess.Popen:
@@ -77,6 +71,6 @@ def test_kill_9_leaves_no_prefect_server_behind(tmp_path, tiny_model_dir):
     os.kill(run.pid, signal.SIGKILL)  # the run only, not its process group
     run.wait()
     deadline = time.time() + 30
-    while _alive(server) and time.time() < deadline:
+    while alive(server) and time.time() < deadline:
         time.sleep(0.2)
-    assert not _alive(server), f"the Prefect server {server} outlived its run"
+    assert not alive(server), f"the Prefect server {server} outlived its run"

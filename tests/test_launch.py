@@ -14,16 +14,9 @@ from pathlib import Path
 import pytest
 
 from tops.launch import Command, launch
+from tops.pids import alive
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 class _NoInterrupt(Exception):
@@ -80,9 +73,9 @@ def test_a_stopped_wait_kills_the_whole_process_group(tmp_path):
         signal.signal(signal.SIGINT, previous)
     grandchild = int(pid_file.read_text())
     deadline = time.time() + 10
-    while _alive(grandchild) and time.time() < deadline:
+    while alive(grandchild) and time.time() < deadline:
         time.sleep(0.1)
-    assert not _alive(grandchild)
+    assert not alive(grandchild)
 
 
 def test_tops_children_die_with_a_killed_parent(tmp_path):
@@ -104,13 +97,13 @@ def test_tops_children_die_with_a_killed_parent(tmp_path):
         assert time.time() < deadline and proc.poll() is None
         time.sleep(0.1)
     child = int(pid_file.read_text())
-    assert _alive(child)
+    assert alive(child)
     os.killpg(proc.pid, signal.SIGKILL)  # the parent's group only: the child has its own session
     proc.wait()
     deadline = time.time() + 10
-    while _alive(child) and time.time() < deadline:
+    while alive(child) and time.time() < deadline:
         time.sleep(0.1)
-    assert not _alive(child)
+    assert not alive(child)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -153,6 +146,6 @@ def test_a_background_run_stops_cleanly_on_sigint_and_sigterm(tmp_path, signum):
     assert cleaned.read_text() == "lane done"  # the finally ran: the flow would stop its server here
     grandchild = int(pid_file.read_text())
     deadline = time.time() + 10
-    while _alive(grandchild) and time.time() < deadline:
+    while alive(grandchild) and time.time() < deadline:
         time.sleep(0.1)
-    assert not _alive(grandchild)
+    assert not alive(grandchild)

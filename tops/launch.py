@@ -28,6 +28,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from tops.pids import alive
+
 PARENT_ENV = "TOPS_PARENT_PID"
 TAIL_LINES = 40
 _LIVE: set[subprocess.Popen] = set()  # children of launch() still waited on, in any thread
@@ -88,8 +90,7 @@ def launch(commands: Sequence[Command], log: Callable[[str, str], None]) -> list
     started: list[tuple[Command, subprocess.Popen, deque, threading.Thread, float]] = []
     try:
         for command in commands:
-            proc = subprocess.Popen(command.argv, env={**env_base, **command.env}, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = _start(command, {**env_base, **command.env}, log)
             with _LIVE_LOCK:  # at once: a signal handled while the pump thread starts must find it
                 _LIVE.add(proc)
             tail: deque = deque(maxlen=TAIL_LINES)
@@ -111,6 +112,20 @@ def launch(commands: Sequence[Command], log: Callable[[str, str], None]) -> list
                 proc.wait()
             else:  # the leader ended; whatever it left in its group goes too
                 _kill_group(proc)
+
+
+def _start(command: Command, env: dict[str, str], log: Callable[[str, str], None]):
+    """A `python -m tops.cli` child forked from the zygote (tops/zygote.py) where there is one, else
+    a fresh process; either way in its own process group, stdout and stderr on one pipe."""
+    from tops import zygote
+
+    if command.argv[:3] == tops_command()[:3] and zygote.enabled(env):
+        try:
+            return zygote.spawn("tops.cli", command.argv[3:], env)
+        except zygote.ZygoteUnavailable as exc:
+            log(command.name, f"plain process instead of the zygote: {exc}")
+    return subprocess.Popen(command.argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def stop_on_signals(signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> None:
@@ -144,21 +159,8 @@ def exit_with_parent(poll_s: float = 0.5) -> None:
     pid = int(parent)
 
     def watch() -> None:
-        while _alive(pid):
+        while alive(pid):
             time.sleep(poll_s)
         os.killpg(0, signal.SIGKILL)
 
     threading.Thread(target=watch, name="tops-exit-with-parent", daemon=True).start()
-
-
-def _alive(pid: int) -> bool:
-    """Running (a killed parent not yet reaped is a zombie: gone for our purpose)."""
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):  # PermissionError: another user's process took the pid
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True  # no /proc (not Linux): the signal check is all there is

@@ -258,7 +258,9 @@ def _run_on_node(argv: list[str], name: str, env: dict[str, str], cwd: str):
 
     def work() -> None:
         try:
-            [box["done"]] = launch([Command(argv, name, env={**env, NODE_ENV: node})],
+            # A plain child, not one forked by a zygote: a Ray worker runs one stage, so a zygote
+            # would import as much as the child it saves, and outlive the worker when a node goes.
+            [box["done"]] = launch([Command(argv, name, env={**env, NODE_ENV: node, "TOPS_ZYGOTE": "0"})],
                                    log=lambda _who, line: lines.put(line))
         except BaseException as exc:  # noqa: BLE001 - re-raised in the task below
             box["error"] = exc
