@@ -48,7 +48,7 @@ PRELOAD = (
     "tops.stages.runners",
     "tops.train.sft",
     "tops.engines.hf_engine",
-)
+)  # not vLLM: +8 s per zygote start, and a test suite starts many (BENCHMARKS.md)
 # Read when used, not at import: they may differ between the zygote and its children.
 LATE_ENV = frozenset({"TOPS_PARENT_PID", "OMP_NUM_THREADS", "VLLM_CPU_OMP_THREADS_BIND", "PYTEST_CURRENT_TEST"})
 START_TIMEOUT_S = 180.0
