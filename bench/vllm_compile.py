@@ -30,8 +30,7 @@ def contender(model: str, problems: int, eager: bool) -> dict:
     cfg = load_config(REPO / "configs" / "demo.yaml", [f"model.base={model}", f"engine.enforce_eager={eager}"])
     rows = load_problems(cfg.problems, n=problems, seed=7)
     requests = build_requests(rows, list(cfg.generate.efforts), cfg.efforts.prompts)
-    n_by_effort = {e: cfg.generate.n_samples_by_effort.get(e, cfg.generate.n_samples) for e in cfg.generate.efforts}
-    counts = [n_by_effort[r.meta["effort"]] for r in requests]
+    counts = [cfg.generate.samples_for(r.meta["effort"]) for r in requests]
     started = time.perf_counter()
     engine = make_engine(model, cfg.engine)
     engine.generate(requests[:8], 1, cfg.generate.sampling)  # warm-up (compiled: the first shapes)

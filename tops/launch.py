@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from tops import zygote
 from tops.pids import alive
 
 PARENT_ENV = "TOPS_PARENT_PID"
@@ -117,8 +118,6 @@ def launch(commands: Sequence[Command], log: Callable[[str, str], None]) -> list
 def _start(command: Command, env: dict[str, str], log: Callable[[str, str], None]):
     """A `python -m tops.cli` child forked from the zygote (tops/zygote.py) where there is one, else
     a fresh process; either way in its own process group, stdout and stderr on one pipe."""
-    from tops import zygote
-
     if command.argv[:3] == tops_command()[:3] and zygote.enabled(env):
         try:
             return zygote.spawn("tops.cli", command.argv[3:], env)

@@ -22,12 +22,18 @@ negative for a signal) when it has reaped it.
 
 from __future__ import annotations
 
+import atexit
+import importlib
 import json
 import os
+import runpy
+import select
 import selectors
+import shutil
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
@@ -72,8 +78,6 @@ def import_env(env: dict[str, str]) -> dict[str, str]:
 
 def _preload() -> dict[str, str]:
     """Import PRELOAD; returns the environment variables the imports set."""
-    import importlib
-
     before = dict(os.environ)
     for entry in PRELOAD:
         module, _, names = entry.partition(":")
@@ -189,9 +193,7 @@ def become(request: dict, out_fd: int, preload_env: dict[str, str]) -> None:
 
 
 def main() -> None:
-    import runpy
-
-    import setproctitle
+    import setproctitle  # the zygote's own need, not its launcher's
 
     setproctitle.getproctitle()  # it claims the argv and environ memory now, before anything changes the environment
 
@@ -244,8 +246,6 @@ class ForkedChild:
 
     def poll(self) -> int | None:
         if self.returncode is None:
-            import select
-
             if select.select([self._conn], [], [], 0)[0]:
                 self._read_exit()
         return self.returncode
@@ -260,8 +260,6 @@ class Zygote:
     """One zygote process, started by this process for one import environment."""
 
     def __init__(self, env: dict[str, str]):
-        import subprocess
-
         self.dir = tempfile.mkdtemp(prefix="tops-zygote-")
         self.path = os.path.join(self.dir, "socket")
         self.log = os.path.join(self.dir, "log")
@@ -290,7 +288,7 @@ class Zygote:
             os.close(write_fd)
             write_fd = -1
             line = b""
-            while not line.endswith(b"\n"):
+            while not line.endswith(b"\n"):  # a byte at a time: the "exit" line stays in the socket for poll()
                 chunk = conn.recv(1)
                 if not chunk:
                     raise ZygoteUnavailable("the zygote closed the connection")
@@ -307,8 +305,6 @@ class Zygote:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        import shutil
-
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -323,10 +319,6 @@ def spawn(module: str, args: list[str], env: dict[str, str]) -> ForkedChild:
     key = (os.getpid(), tuple(sorted(wanted.items())))
     with _LOCK:
         if key not in _ZYGOTES:
-            if len(_ZYGOTES) == 0:
-                import atexit
-
-                atexit.register(close_all)
             try:
                 _ZYGOTES[key] = Zygote(wanted)
             except ZygoteUnavailable:
@@ -344,6 +336,7 @@ def spawn(module: str, args: list[str], env: dict[str, str]) -> ForkedChild:
         raise
 
 
+@atexit.register
 def close_all() -> None:
     with _LOCK:
         zygotes = [z for (owner, _), z in _ZYGOTES.items() if z is not None and owner == os.getpid()]
