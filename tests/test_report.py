@@ -122,6 +122,23 @@ def test_shape_checks_name_the_goal_and_the_paired_interval():
     assert [met for _, met, _ in weak] == [True, False, False, True, True]
 
 
+def test_one_sample_per_problem_judges_goal_three_by_the_paired_interval():
+    # One eval seed: no seed spread to lean on; TOPS may trail the best effort by less than the
+    # paired interval's reach, and is judged short once the whole interval lies below zero.
+    def one_seed(tops_hard: float) -> pd.DataFrame:
+        accuracy = {("tag", "low"): {"easy": 0.95, "hard": 0.1}, ("tag", "medium"): {"easy": 0.9, "hard": 0.6},
+                    ("tag", "high"): {"easy": 0.95, "hard": 0.7}, ("tops", "none"): {"easy": 0.95, "hard": tops_hard}}
+        tokens = {("tag", "low"): 25, ("tag", "medium"): 75, ("tag", "high"): 130, ("tops", "none"): 65}
+        return _evals(accuracy, seeds=1, tokens=tokens)
+    close = shape_checks(one_seed(0.62), None, LEVELS)
+    goal, met, detail = close[1]
+    assert "paired 95% CI over problems" in goal and "seed spread" not in detail
+    low, high = (float(x) for x in detail.split("95% CI ")[1].split(" over")[0].split(" to "))
+    assert met == (high >= 0) and low < 0
+    far = shape_checks(one_seed(0.05), None, LEVELS)
+    assert not far[1][1] and float(far[1][2].split(" to ")[1].split(" over")[0]) < 0
+
+
 def test_goal_checks_use_the_given_spread():
     table = pd.DataFrame({"model": ["tag"] * 3 + ["tops"], "effort": ["low", "medium", "high", "none"],
                           "accuracy": [0.3, 0.7, 0.8, 0.75], "acc_std": [0.0, 0.0, 0.02, 0.06],
