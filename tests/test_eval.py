@@ -40,6 +40,8 @@ def test_summary_spread_and_contamination():
     assert "0.750 ± 0.250" in markdown_table(evals)
     never_right = evals.assign(model="base", correct=False)
     assert "| base | none | 0.000 ± 0.000 | 0.00–0.00 | 25.0 | — |" in markdown_table(never_right)
+    one_seed = evals[evals["seed"] == 0]  # one sample per problem: no spread over seeds to show
+    assert "| m | none | 1.000 | 1.00–1.00 | 15.0 | 15.0 |" in markdown_table(one_seed)
     problems = pd.DataFrame({"problem_id": ["x", "y"],
                              "question": ["Natalia sold clips to 48 of her friends in April and then",
                                           "A totally different question about trains"]})

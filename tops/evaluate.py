@@ -304,9 +304,11 @@ def markdown_table(evals: pd.DataFrame, order: list[str] | None = None,
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     overall["_order"] = overall["model"].map({m: i for i, m in enumerate(order)})
     overall["_effort"] = overall["effort"].map(lambda e: (EFFORT_ORDER.index(e), e) if e in EFFORT_ORDER else (9, e))
+    several_seeds = evals["seed"].nunique() > 1  # one sample per problem has no spread over seeds
     for _, row in overall.sort_values(["_order", "_effort"]).iterrows():
         ci = intervals[(row["model"], row["effort"])]
-        cells = [row["model"], row["effort"], f"{row['accuracy']:.3f} ± {row['acc_std']:.3f}",
+        accuracy = f"{row['accuracy']:.3f}" + (f" ± {row['acc_std']:.3f}" if several_seeds else "")
+        cells = [row["model"], row["effort"], accuracy,
                  f"{ci.low:.2f}–{ci.high:.2f}", f"{row['mean_tokens']:.1f}", _tokens_cell(row["mean_tokens_correct"])]
         for d in difficulties:
             hit = by_diff[(by_diff["model"] == row["model"]) & (by_diff["effort"] == row["effort"])

@@ -89,7 +89,8 @@ def write_report(run_dir: Path, evals: pd.DataFrame, selected: pd.DataFrame | No
     run_dir.mkdir(parents=True, exist_ok=True)
     parts = [f"# TOPS run `{run_dir.name}`", "", "## Held-out evaluation", "",
              markdown_table(evals, model_order, difficulty_order, pass_ks, budgets, maj_ks), "",
-             "Accuracy is the mean over problems and seeds (± standard deviation of per-seed accuracy); the "
+             "Accuracy is the mean over problems and seeds (± standard deviation of per-seed accuracy, "
+             "where there are several seeds); the "
              "95% CI resamples the held-out problems within each difficulty (percentile bootstrap, 2000 draws), "
              "which also covers which problems happened to be drawn; tokens are counted with each model's "
              "tokenizer. maj@k: the most frequent answer of a problem's first k samples (a tie goes to the "
