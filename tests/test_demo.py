@@ -1,6 +1,6 @@
 """`tops demo`: its results stay in the run folders (the checkout is left as it was; the README's
 section is a maintainers' option), and the long run on the embedded default (SmolLM2-135M-Instruct):
-the whole loop with 3 loop seeds, ~28 min each on 2 cores.
+the whole loop with 3 loop seeds, ~35-37 min each on an AVX2-only 2-core host (2.0 h in all).
 
 The long run is not in `make test`; run it with `.venv/bin/pytest -m demo`. It checks what the
 README's results section claims, on the runs' own artifacts: the paper's shape on the means over
