@@ -21,6 +21,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def sample_in_shards(engine, requests: list, counts: list[int], cfg) -> tuple[int, float]:
+    """Generate as the `generate` stage does, a shard per engine call; (tokens, seconds)."""
+    tokens, started = 0, time.perf_counter()
+    for first in range(0, len(requests), cfg.generate.shard_size):
+        outs = engine.generate(requests[first:first + cfg.generate.shard_size],
+                               counts[first:first + cfg.generate.shard_size], cfg.generate.sampling)
+        tokens += sum(c.n_tokens for out in outs for c in out)
+    return tokens, time.perf_counter() - started
+
+
 def contender(model: str, problems: int, eager: bool) -> dict:
     from tops.config import load_config
     from tops.domains import load_problems
@@ -35,12 +45,7 @@ def contender(model: str, problems: int, eager: bool) -> dict:
     engine = make_engine(model, cfg.engine)
     engine.generate(requests[:8], 1, cfg.generate.sampling)  # warm-up (compiled: the first shapes)
     start_s = time.perf_counter() - started
-    tokens, started = 0, time.perf_counter()
-    for first in range(0, len(requests), cfg.generate.shard_size):
-        outs = engine.generate(requests[first:first + cfg.generate.shard_size],
-                               counts[first:first + cfg.generate.shard_size], cfg.generate.sampling)
-        tokens += sum(c.n_tokens for out in outs for c in out)
-    seconds = time.perf_counter() - started
+    tokens, seconds = sample_in_shards(engine, requests, counts, cfg)
     engine.close()
     return {"start_s": start_s, "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
 

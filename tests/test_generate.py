@@ -42,6 +42,20 @@ def test_vllm_generate_writes_valid_samples(tmp_path, vllm_engine, smoke_config)
     assert not out.with_name(out.name + ".shards").exists()
 
 
+def test_vllm_on_a_cpu_runs_its_engine_core_in_process(vllm_engine):
+    """No second process importing vLLM and torch again (engine.in_process: None is in-process on
+    a CPU), and torch.set_num_threads, which vLLM's CPU worker turns off, still works afterwards."""
+    import torch
+
+    assert type(vllm_engine.llm.llm_engine.engine_core).__name__ == "InprocClient"
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(before + 1)
+        assert torch.get_num_threads() == before + 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_per_effort_sample_counts(tmp_path, vllm_engine, smoke_config):
     problems = load_problems(smoke_config.problems, n=3)
     cfg = smoke_config.generate.model_copy(update={"n_samples": 1, "n_samples_by_effort": {"low": 3},

@@ -49,6 +49,10 @@ class EngineConfig(Strict):
     enforce_eager: bool = True
     cpu_kv_cache_gb: float = Field(2.0, gt=0)
     enable_prefix_caching: bool = True
+    # The engine core (scheduler and model) in the stage's own process instead of the separate
+    # process vLLM spawns by default (which imports vLLM and torch again). None: in-process on a
+    # CPU, where the spawn was most of a small engine's start (BENCHMARKS.md), vLLM's own way on GPUs.
+    in_process: bool | None = None
     # transformers fallback
     batch_size: int = Field(32, ge=1)
     # OpenAI-compatible HTTP (vllm serve, a teacher API)

