@@ -258,6 +258,11 @@ def plot_budget_accuracy(evals: pd.DataFrame, path: Path, budgets: list[int] | N
     return path
 
 
+def several_seeds(evals: pd.DataFrame) -> bool:
+    """More than one sample per problem: only then is there a spread over seeds."""
+    return evals["seed"].nunique() > 1
+
+
 def summarize(evals: pd.DataFrame, by: tuple[str, ...] = ("model", "effort")) -> pd.DataFrame:
     """Accuracy (mean and spread over seeds), mean tokens, mean tokens of correct answers,
     accuracy per 1K tokens."""
@@ -304,10 +309,10 @@ def markdown_table(evals: pd.DataFrame, order: list[str] | None = None,
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     overall["_order"] = overall["model"].map({m: i for i, m in enumerate(order)})
     overall["_effort"] = overall["effort"].map(lambda e: (EFFORT_ORDER.index(e), e) if e in EFFORT_ORDER else (9, e))
-    several_seeds = evals["seed"].nunique() > 1  # one sample per problem has no spread over seeds
+    with_spread = several_seeds(evals)
     for _, row in overall.sort_values(["_order", "_effort"]).iterrows():
         ci = intervals[(row["model"], row["effort"])]
-        accuracy = f"{row['accuracy']:.3f}" + (f" ± {row['acc_std']:.3f}" if several_seeds else "")
+        accuracy = f"{row['accuracy']:.3f}" + (f" ± {row['acc_std']:.3f}" if with_spread else "")
         cells = [row["model"], row["effort"], accuracy,
                  f"{ci.low:.2f}–{ci.high:.2f}", f"{row['mean_tokens']:.1f}", _tokens_cell(row["mean_tokens_correct"])]
         for d in difficulties:
