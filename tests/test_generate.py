@@ -48,12 +48,32 @@ def test_vllm_on_a_cpu_runs_its_engine_core_in_process(vllm_engine):
     import torch
 
     assert type(vllm_engine.llm.llm_engine.engine_core).__name__ == "InprocClient"
+    # the variables vLLM read while building the engine are gone again (later children never see them)
+    assert not {"VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_KVCACHE_SPACE"} & set(os.environ)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(before + 1)
         assert torch.get_num_threads() == before + 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_engine_environment_lets_the_user_and_then_the_config_choose(monkeypatch, smoke_config):
+    from tops.engines.vllm_engine import engine_environment, scoped_environment
+
+    cfg = smoke_config.engine
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "7")
+    wanted = engine_environment(cfg.model_copy(update={"in_process": None}), on_cpu=True)
+    assert wanted["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and "VLLM_CPU_KVCACHE_SPACE" not in wanted
+    assert engine_environment(cfg.model_copy(update={"in_process": None}), on_cpu=False) == {}
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")  # the user's own choice ...
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in engine_environment(cfg.model_copy(update={"in_process": None}), True)
+    # ... unless the config says it explicitly
+    assert engine_environment(cfg.model_copy(update={"in_process": True}), True)["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    with scoped_environment({"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "TOPS_TEST_ONLY_VARIABLE": "x"}):
+        assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and os.environ["TOPS_TEST_ONLY_VARIABLE"] == "x"
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1" and "TOPS_TEST_ONLY_VARIABLE" not in os.environ
 
 
 def test_per_effort_sample_counts(tmp_path, vllm_engine, smoke_config):

