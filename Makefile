@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml Makefile tests/checker_pkg/pyproject.toml
 demo: setup
 	$(BIN)/tops demo
 
-# Maintainers: the README's results (whole loop with 3 loop seeds, ~85 min on 2 cores, + the
+# Maintainers: the README's results (whole loop with 3 loop seeds, ~50 min on 2 bf16 cores, 2 h on AVX2, + the
 # across-runs table), written into README.md's results section and docs/demo/.
 demo-seeds: setup
 	$(BIN)/tops demo --loop-seed 0 --loop-seed 1 --loop-seed 2 --write-readme
