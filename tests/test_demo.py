@@ -1,6 +1,7 @@
 """`tops demo`: its results stay in the run folders (the checkout is left as it was; the README's
 section is a maintainers' option), and the long run on the embedded default (SmolLM2-135M-Instruct):
-the whole loop with 3 loop seeds, ~35-37 min each on an AVX2-only 2-core host (2.0 h in all).
+the whole loop with 3 loop seeds, ~16 min each on a 2-core host with bfloat16 kernels, ~35-37 min
+on an AVX2-only one (2.0 h in all there).
 
 The long run is not in `make test`; run it with `.venv/bin/pytest -m demo`. It checks what the
 README's results section claims, on the runs' own artifacts: the paper's shape on the means over
